@@ -1,0 +1,339 @@
+"""The ``scanbeam`` command line: serve, send, receive.
+
+Exit codes (README "Exit codes"): 0 ok, 1 internal error, 2 usage, 3 pairing (wrong,
+unknown or expired code), 4 connection (server unreachable, peer gone, no path, timeout),
+5 integrity, 6 declined or cancelled, 7 local file problem (exists, disk full, unreadable),
+8 protocol violation by the peer, 9 the peer reported an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from peer import session
+from peer.errors import BeamError, CancelledByUser
+from peer.settings import DEFAULT_SERVER, Settings
+from peer.units import human_bytes, human_duration, human_rate
+
+__all__ = ["main"]
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scanbeam",
+        description="Send medical imaging studies peer to peer, end-to-end encrypted.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log diagnostics to stderr")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sv = sub.add_parser("serve", help="run the server side (signaling) on one origin")
+    sv.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=None, help="port (default 8000; 0 = any free)")
+    sv.add_argument("--data", type=Path, default=None, help="data folder (used by the relay)")
+
+    def net(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--server", default=None, help=f"server URL (default $SCANBEAM_SERVER or {DEFAULT_SERVER})"
+        )
+        sp.add_argument("--json", action="store_true", help="print one JSON event per line")
+        sp.add_argument("--stun", action="append", default=None, metavar="URL", help="STUN server")
+        sp.add_argument("--turn", action="append", default=None, metavar="URL", help="TURN server")
+        sp.add_argument(
+            "--turn-user", default=None, help="TURN user (password: $SCANBEAM_TURN_PASSWORD)"
+        )
+
+    sd = sub.add_parser("send", help="send files and folders; prints a code and a QR code")
+    sd.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    sd.add_argument("--no-compress", action="store_true", help="never compress chunks")
+    net(sd)
+
+    rc = sub.add_parser("receive", help="receive with a code or link from the sender")
+    rc.add_argument("target", nargs="?", metavar="CODE", help="code (12-word-word) or link")
+    rc.add_argument("-o", "--output", type=Path, default=Path("."), help="destination folder")
+    rc.add_argument("--yes", "-y", action="store_true", help="accept without asking")
+    net(rc)
+    return p
+
+
+class _Out:
+    """Human or JSON-lines output. Human progress goes to stderr when it is a terminal."""
+
+    def __init__(self, json_mode: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr):
+        self.json = json_mode
+        self.out = out
+        self.err = err
+        self.tty = err.isatty()
+        self._bar = False
+
+    def event(self, name: str, **fields: Any) -> None:
+        if self.json:
+            self.out.write(json.dumps({"event": name, **fields}) + "\n")
+            self.out.flush()
+
+    def line(self, text: str) -> None:
+        if not self.json:
+            self._end_bar()
+            self.out.write(text + "\n")
+            self.out.flush()
+
+    def progress(self, done: int, total: int, rate: float) -> None:
+        self.event("progress", bytes=done, total=total, rate=round(rate, 1))
+        if self.json or not self.tty:
+            return
+        frac = done / total if total else 1.0
+        width = max(10, min(40, shutil.get_terminal_size().columns - 60))
+        fill = int(frac * width)
+        eta = (total - done) / rate if rate > 0 else 0.0
+        text = (
+            f"\r[{'#' * fill}{'.' * (width - fill)}] {frac * 100:5.1f}%  "
+            f"{human_bytes(done)} / {human_bytes(total)}  {human_rate(rate)}  "
+            f"ETA {human_duration(eta)} "
+        )
+        self.err.write(text)
+        self.err.flush()
+        self._bar = True
+
+    def _end_bar(self) -> None:
+        if self._bar:
+            self.err.write("\n")
+            self.err.flush()
+            self._bar = False
+
+    def error(self, exc: BeamError) -> None:
+        self._end_bar()
+        if self.json:
+            self.event("error", code=exc.code, message=exc.user_message, exit=exc.exit_code)
+        else:
+            self.err.write(f"scanbeam: error: {exc.user_message}\n")
+            self.err.flush()
+
+
+def _settings(args: argparse.Namespace, env: dict[str, str]) -> Settings:
+    return Settings.load(
+        env,
+        {
+            "server": args.server,
+            "stun": tuple(args.stun) if args.stun else None,
+            "turn": tuple(args.turn) if args.turn else None,
+            "turn_user": args.turn_user,
+            "compress": False if getattr(args, "no_compress", False) else None,
+        },
+    )
+
+
+def _qr_lines(url: str) -> list[str]:
+    """The QR code of ``url`` drawn with half-block characters (light modules as blocks,
+    which scans on dark and light terminals alike)."""
+    import io
+
+    import qrcode  # type: ignore[import-untyped]
+
+    qr = qrcode.QRCode(border=2, error_correction=qrcode.constants.ERROR_CORRECT_L)
+    qr.add_data(url)
+    qr.make(fit=True)
+    buf = io.StringIO()
+    qr.print_ascii(out=buf, invert=True)
+    return buf.getvalue().rstrip("\n").split("\n")
+
+
+def _on_event_common(out: _Out, ev: session.Event) -> None:
+    if isinstance(ev, session.Paired_):
+        out.event("paired", mode=ev.mode)
+    elif isinstance(ev, session.Connected):
+        out.event("connected", via=ev.via)
+        out.line(f"Connected ({ev.via}).")
+    elif isinstance(ev, session.Progress):
+        out.progress(ev.bytes, ev.total, ev.rate)
+
+
+def _run_send(args: argparse.Namespace, settings: Settings, out: _Out) -> int:
+    def on_event(ev: session.Event) -> None:
+        if isinstance(ev, session.CodeReady):
+            out.event("code", code=ev.code, url=ev.url)
+            if not out.json:
+                for ln in _qr_lines(ev.url):
+                    out.line(ln)
+                out.line(f"Scan the QR code with a phone, or on the receiving computer run:")
+                out.line(f"    scanbeam receive {ev.code}")
+                out.line(f"Code: {ev.code}   (waiting for the receiver…)")
+        elif isinstance(ev, session.Done):
+            out.event(
+                "done",
+                via=ev.via,
+                files=ev.files,
+                bytes=ev.bytes,
+                seconds=round(ev.seconds, 3),
+                sent_bytes=ev.sent_bytes,
+            )
+            rate = ev.sent_bytes / ev.seconds if ev.seconds > 0 else 0.0
+            out.line(
+                f"Sent {ev.files} files ({human_bytes(ev.bytes)}) {ev.via} in "
+                f"{human_duration(ev.seconds)} at {human_rate(rate)}; "
+                "the receiver confirmed every file's SHA-256."
+            )
+        else:
+            _on_event_common(out, ev)
+
+    _run(session.send(settings, args.paths, on_event))
+    return 0
+
+
+def _print_offer(out: _Out, offer: session.Offer) -> None:
+    from peer.dicom.summary import format_summary
+
+    out.event(
+        "offer",
+        files=offer.files,
+        bytes=offer.bytes,
+        held=offer.held,
+        summary=offer.summary,
+    )
+    out.line(f"Offered: {offer.files} files, {human_bytes(offer.bytes)}")
+    try:
+        for ln in format_summary(offer.summary):
+            out.line("  " + ln)
+    except Exception:  # a hostile summary must not stop the offer from being shown
+        out.line("  (no study summary)")
+    if offer.held:
+        out.line(f"  Resuming: {human_bytes(offer.held)} already received and verified.")
+    out.line(f"Destination: {offer.dest.resolve()}")
+
+
+def _run_receive(args: argparse.Namespace, settings: Settings, out: _Out) -> int:
+    text = args.target
+    if not text:
+        if not sys.stdin.isatty():
+            raise BeamError("no code", user_message="Give the code: scanbeam receive 12-word-word")
+        text = input("Code from the sender: ")
+    target = session.parse_target(text, settings.server)
+
+    def on_event(ev: session.Event) -> None:
+        if isinstance(ev, session.Offer):
+            _print_offer(out, ev)
+        elif isinstance(ev, session.Done):
+            out.event(
+                "done",
+                via=ev.via,
+                files=ev.files,
+                bytes=ev.bytes,
+                seconds=round(ev.seconds, 3),
+                sent_bytes=ev.sent_bytes,
+                dest=str(ev.dest.resolve()) if ev.dest else None,
+            )
+            rate = ev.sent_bytes / ev.seconds if ev.seconds > 0 else 0.0
+            out.line(
+                f"Received {ev.files} files ({human_bytes(ev.bytes)}) {ev.via} in "
+                f"{human_duration(ev.seconds)} at {human_rate(rate)}; every file verified "
+                f"(SHA-256) and saved in {ev.dest.resolve() if ev.dest else '.'}"
+            )
+        else:
+            _on_event_common(out, ev)
+
+    async def decide(offer: session.Offer) -> bool:
+        if args.yes:
+            return True
+        if not sys.stdin.isatty():
+            raise BeamError(
+                "no tty",
+                user_message="Not accepted: no terminal to ask; add --yes to accept.",
+            )
+        answer = await asyncio.get_running_loop().run_in_executor(
+            None, input, "Accept and save? [y/N] "
+        )
+        return answer.strip().lower() in ("y", "yes")
+
+    _run(session.receive(settings, target, args.output, on_event, decide))
+    return 0
+
+
+def _run_serve(args: argparse.Namespace, env: dict[str, str]) -> int:
+    from signaling.server import start_server
+    from signaling.settings import ServerSettings
+
+    settings = ServerSettings.load(
+        env, {"host": args.host, "port": args.port, "data_dir": args.data}
+    )
+
+    async def serve() -> None:
+        server = await start_server(settings)
+        print(
+            f"ScanBeam server on http://{settings.host}:{server.port} "
+            "(signaling at /v1/signal). Ctrl-C to stop.",
+            flush=True,
+        )
+        try:
+            await server.serve_forever()
+        finally:
+            await server.close()
+
+    try:
+        _run(serve())
+    except OSError as exc:
+        raise BeamError(
+            str(exc), user_message=f"Cannot listen on {settings.host}:{settings.port}: "
+            f"{exc.strerror or exc}."
+        ) from None
+    return 0
+
+
+def _run(coro: Any) -> Any:
+    import uvloop
+
+    return uvloop.run(coro)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    env = dict(os.environ)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.verbose:
+        for noisy in ("aioice", "aiortc", "websockets"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    out = _Out(getattr(args, "json", False))
+    started = time.monotonic()
+    try:
+        if args.command == "serve":
+            return _run_serve(args, env)
+        settings = _settings(args, env)
+        runner: Callable[[argparse.Namespace, Settings, _Out], int] = (
+            _run_send if args.command == "send" else _run_receive
+        )
+        return runner(args, settings, out)
+    except BeamError as exc:
+        out.error(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if args.command == "serve":
+            return 0
+        exc2 = CancelledByUser("interrupted")
+        out.error(exc2)
+        return exc2.exit_code
+    except Exception as exc:  # last resort: never a traceback for the user
+        if args.verbose:
+            logging.getLogger("scanbeam").exception("internal error")
+        err = BeamError(
+            repr(exc),
+            user_message=f"Internal error ({type(exc).__name__}); run with -v for details.",
+        )
+        out.error(err)
+        return err.exit_code
+    finally:
+        logging.getLogger("scanbeam").debug("finished in %.2f s", time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

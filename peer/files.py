@@ -1,0 +1,430 @@
+"""File I/O: collecting what to send, reading it, and receiving safely.
+
+Receiving rules (docs/threat-model.md): names were checked by the manifest parser; data
+is written under ``DEST/.scanbeam-partial/<key>/`` with index names (``f000017``), never
+under a peer-chosen name, mode 0600; a file is linked to its final name only after its
+SHA-256 matched and only if nothing exists there (``os.link`` never overwrites); no
+existing path component may be a symlink. Verified prefixes stay in the staging folder
+for a resume (``state.json`` counts the chunks that were fsynced).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peer.errors import (
+    BeamError,
+    DestinationExists,
+    DiskFull,
+    LocalFileError,
+    SourceError,
+    UnsafeManifestError,
+)
+from peer.proto.keys import kdf
+from peer.proto.manifest import Manifest, check_path
+
+__all__ = ["Destination", "SourceFile", "SourceReader", "collect_sources"]
+
+STAGING = ".scanbeam-partial"
+CHECKPOINT_BYTES = 64 * 1024 * 1024
+FREE_MARGIN = 16 * 1024 * 1024
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    rel: str
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+def collect_sources(paths: Sequence[Path]) -> list[SourceFile]:
+    """Expand files and folders into the list to send, relative paths kept.
+
+    A folder ``STUDY/`` is sent as ``STUDY/...``. Symlinks and special files inside folders
+    are skipped (never followed); files are sorted for a stable order.
+
+    Raises:
+        SourceError: a path is missing or unreadable, or two names would collide.
+    """
+    out: list[SourceFile] = []
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError as exc:
+            raise SourceError(
+                str(exc), user_message=f"Cannot read {str(p)!r}: {exc.strerror or exc}."
+            ) from None
+        name = p.resolve().name if p.name in ("", ".", "..") else p.name
+        if stat.S_ISDIR(st.st_mode):
+            _walk(p, name, out)
+        elif stat.S_ISREG(st.st_mode):
+            out.append(SourceFile(name, p, st.st_size, st.st_mtime_ns))
+        else:
+            raise SourceError(f"{p} is not a file", user_message=f"{str(p)!r} is not a file.")
+    seen: set[str] = set()
+    for f in out:
+        try:
+            check_path(f.rel)
+        except UnsafeManifestError as exc:
+            raise SourceError(
+                str(exc), user_message=f"Cannot send {f.rel!r}: its name is not portable."
+            ) from None
+        key = f.rel.casefold()
+        if key in seen:
+            raise SourceError(
+                f"duplicate {f.rel}", user_message=f"Two files would both be named {f.rel!r}."
+            )
+        seen.add(key)
+    return out
+
+
+def _walk(root: Path, rel: str, out: list[SourceFile]) -> None:
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as exc:
+        raise SourceError(
+            str(exc), user_message=f"Cannot read folder {str(root)!r}: {exc.strerror or exc}."
+        ) from None
+    for e in entries:
+        if e.is_symlink():
+            continue
+        if e.is_dir(follow_symlinks=False):
+            _walk(Path(e.path), f"{rel}/{e.name}", out)
+        elif e.is_file(follow_symlinks=False):
+            st = e.stat(follow_symlinks=False)
+            out.append(SourceFile(f"{rel}/{e.name}", Path(e.path), st.st_size, st.st_mtime_ns))
+
+
+class SourceReader:
+    """Reads chunks of the source files, one open file at a time, in large blocks."""
+
+    def __init__(self, files: Sequence[SourceFile], block: int = 1 << 20) -> None:
+        self._files = files
+        self._block = block
+        self._ix = -1
+        self._fd = -1
+        self._buf = b""
+        self._buf_off = 0
+
+    def read(self, file_ix: int, offset: int, length: int) -> bytes:
+        """Return exactly ``length`` bytes at ``offset``; SourceError if the file changed."""
+        if file_ix != self._ix:
+            self._open(file_ix)
+        end = self._buf_off + len(self._buf)
+        if not (self._buf_off <= offset and offset + length <= end):
+            want = max(length, self._block)
+            try:
+                self._buf = os.pread(self._fd, want, offset)
+            except OSError as exc:
+                raise self._error(f"cannot be read ({exc.strerror})") from None
+            self._buf_off = offset
+            if len(self._buf) < length:
+                raise self._error("became shorter while sending")
+        start = offset - self._buf_off
+        return self._buf[start : start + length]
+
+    def check_unchanged(self, file_ix: int) -> None:
+        f = self._files[file_ix]
+        try:
+            st = f.path.stat()
+        except OSError as exc:
+            raise self._error(f"vanished ({exc.strerror})", file_ix) from None
+        if st.st_size != f.size or st.st_mtime_ns != f.mtime_ns:
+            raise self._error("changed while it was being sent", file_ix)
+
+    def _open(self, file_ix: int) -> None:
+        self.close()
+        self._ix = file_ix
+        try:
+            self._fd = os.open(self._files[file_ix].path, os.O_RDONLY)
+        except OSError as exc:
+            raise self._error(f"cannot be opened ({exc.strerror})") from None
+        self._buf, self._buf_off = b"", 0
+
+    def _error(self, what: str, file_ix: int | None = None) -> SourceError:
+        rel = self._files[self._ix if file_ix is None else file_ix].rel
+        return SourceError(f"{rel} {what}", user_message=f"The file {rel!r} {what}.")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = -1
+        self._ix = -1
+
+
+def _identity(manifest: Manifest) -> str:
+    doc = json.dumps(
+        [manifest.chunk_size, [[f.path, f.size, f.mtime_ns] for f in manifest.files]],
+        separators=(",", ":"),
+    ).encode()
+    return kdf(hashlib.sha256(doc).digest(), "scanbeam v1 resume key", 16).hex()
+
+
+def _disk_error(exc: OSError, where: str) -> BeamError:
+    if exc.errno in _DISK_ERRNOS:
+        return DiskFull(str(exc), user_message=f"The disk is full while writing to {where}. "
+                        "Verified data was kept; free some space and run the same command again.")
+    return LocalFileError(str(exc), user_message=f"Cannot write to {where}: {exc.strerror or exc}.")
+
+
+class Destination:
+    """Where one offered transfer is written. Use from one task; blocking calls are short."""
+
+    def __init__(self, root: Path, manifest: Manifest) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.key = _identity(manifest)
+        self.staging = root / STAGING / self.key
+        self._state: dict[str, Any] = {"v": 1, "chunks": {}, "placed": []}
+        self._fd = -1
+        self._fd_ix = -1
+        self._unsynced = 0
+        self._written: dict[int, int] = {}
+
+    # before accepting
+
+    def preflight(self) -> tuple[list[int], list[Any], int]:
+        """Check the destination and load resume state.
+
+        Returns:
+            (chunks held per file, sha256 state per file, bytes held).
+
+        Raises:
+            DestinationExists, DiskFull, LocalFileError.
+        """
+        self._check_root()
+        self._load_state()
+        placed = set(self._state["placed"])
+        cs = self.manifest.chunk_size
+        resume: list[int] = []
+        hashes: list[Any] = []
+        for i, f in enumerate(self.manifest.files):
+            final = self._final(i)
+            if i in placed and final.is_file() and not final.is_symlink():
+                k, h = self._rehash(final, f.n_chunks(cs), f.size)
+            else:
+                if os.path.lexists(final):
+                    raise DestinationExists(
+                        str(final),
+                        user_message=f"{f.path!r} already exists in {str(self.root)!r}; "
+                        "nothing was overwritten. Choose another folder with -o.",
+                    )
+                placed.discard(i)
+                k, h = self._resume_staged(i)
+            resume.append(k)
+            hashes.append(h)
+        self._state["placed"] = sorted(placed)
+        held = sum(min(f.size, k * cs) for k, f in zip(resume, self.manifest.files, strict=True))
+        need = self.manifest.total_bytes - held + FREE_MARGIN
+        free = shutil.disk_usage(self.root).free
+        if free < need:
+            raise DiskFull(
+                f"free {free} need {need}",
+                user_message=f"Not enough free space in {str(self.root)!r}: "
+                f"{_mb(need)} needed, {_mb(free)} free.",
+            )
+        return resume, hashes, held
+
+    def _check_root(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            st = os.lstat(self.root)
+        except OSError as exc:
+            raise _disk_error(exc, str(self.root)) from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise LocalFileError(
+                f"{self.root} not a folder", user_message=f"{str(self.root)!r} is not a folder."
+            )
+        top = self.root / STAGING
+        if os.path.lexists(top) and (os.path.islink(top) or not top.is_dir()):
+            raise LocalFileError(
+                "staging is not a folder", user_message=f"{str(top)!r} is not a plain folder."
+            )
+
+    def _final(self, i: int) -> Path:
+        return self.root.joinpath(*self.manifest.files[i].path.split("/"))
+
+    def _staged(self, i: int) -> Path:
+        return self.staging / f"f{i:07d}"
+
+    def _load_state(self) -> None:
+        try:
+            doc = json.loads((self.staging / "state.json").read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(doc, dict) and doc.get("v") == 1:
+            chunks = doc.get("chunks")
+            placed = doc.get("placed")
+            if isinstance(chunks, dict) and isinstance(placed, list):
+                self._state = {
+                    "v": 1,
+                    "chunks": {str(k): v for k, v in chunks.items() if isinstance(v, int)},
+                    "placed": [p for p in placed if isinstance(p, int)],
+                }
+
+    def _resume_staged(self, i: int) -> tuple[int, Any]:
+        f = self.manifest.files[i]
+        cs = self.manifest.chunk_size
+        k = int(self._state["chunks"].get(str(i), 0))
+        path = self._staged(i)
+        try:
+            size = os.lstat(path).st_size if os.path.isfile(path) else -1
+        except OSError:
+            size = -1
+        k = max(0, min(k, f.n_chunks(cs)))
+        held = min(f.size, k * cs)
+        if size < held or k == 0:
+            self._state["chunks"][str(i)] = 0
+            return 0, hashlib.sha256()
+        return self._rehash(path, k, held)
+
+    def _rehash(self, path: Path, k: int, length: int) -> tuple[int, Any]:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            remaining = length
+            while remaining:
+                block = fh.read(min(remaining, 1 << 20))
+                if not block:
+                    return 0, hashlib.sha256()
+                h.update(block)
+                remaining -= len(block)
+        return k, h
+
+    # while receiving
+
+    def write(self, file_ix: int, offset: int, data: bytes) -> None:
+        """Write one authenticated chunk to the staged file."""
+        if file_ix != self._fd_ix:
+            self._open_staged(file_ix, offset)
+        try:
+            os.pwrite(self._fd, data, offset)
+        except OSError as exc:
+            raise _disk_error(exc, str(self.root)) from None
+        self._written[file_ix] = self._written.get(file_ix, 0) + 1
+        self._unsynced += len(data)
+
+    def needs_checkpoint(self) -> bool:
+        return self._unsynced >= CHECKPOINT_BYTES
+
+    def checkpoint(self) -> None:
+        """fsync what was written and record it in state.json (blocking: run in a thread)."""
+        ix, fd = self._fd_ix, self._fd
+        if ix < 0:
+            return
+        count = self._state["chunks"].get(str(ix), 0) + self._written.pop(ix, 0)
+        try:
+            os.fsync(fd)
+            self._state["chunks"][str(ix)] = count
+            self._save_state()
+        except OSError as exc:
+            raise _disk_error(exc, str(self.root)) from None
+        self._unsynced = 0
+
+    def _open_staged(self, file_ix: int, offset: int) -> None:
+        self._close_fd()
+        try:
+            self.staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._fd = os.open(
+                self._staged(file_ix), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600
+            )
+            os.ftruncate(self._fd, offset)
+        except OSError as exc:
+            raise _disk_error(exc, str(self.root)) from None
+        self._fd_ix = file_ix
+        self._written[file_ix] = 0
+
+    def file_verified(self, file_ix: int) -> None:
+        """The file's SHA-256 matched: make it durable (blocking: run in a thread)."""
+        if file_ix in self._state["placed"]:
+            return
+        if file_ix != self._fd_ix:  # wholly resumed or empty and never opened
+            self._open_staged(file_ix, self.manifest.files[file_ix].size)
+        self.checkpoint()
+        self._state["chunks"][str(file_ix)] = self.manifest.files[file_ix].n_chunks(
+            self.manifest.chunk_size
+        )
+        self._close_fd()
+
+    def place_all(self) -> list[Path]:
+        """Link every verified file to its final name, never overwriting anything."""
+        self._close_fd()
+        placed = set(self._state["placed"])
+        out = []
+        for i in range(len(self.manifest.files)):
+            final = self._final(i)
+            out.append(final)
+            if i in placed:
+                continue
+            self._make_parents(i)
+            try:
+                os.link(self._staged(i), final, follow_symlinks=False)
+            except FileExistsError:
+                raise DestinationExists(
+                    str(final),
+                    user_message=f"{self.manifest.files[i].path!r} appeared in the destination "
+                    "while receiving; nothing was overwritten and the verified copy was kept.",
+                ) from None
+            except OSError as exc:
+                raise _disk_error(exc, str(self.root)) from None
+            placed.add(i)
+            self._state["placed"] = sorted(placed)
+            with contextlib.suppress(OSError):
+                os.unlink(self._staged(i))
+        self._save_state()
+        shutil.rmtree(self.staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (self.root / STAGING).rmdir()  # only when no other transfer is staged there
+        return out
+
+    def _make_parents(self, i: int) -> None:
+        parts = self.manifest.files[i].path.split("/")[:-1]
+        cur = self.root
+        for part in parts:
+            cur = cur / part
+            try:
+                os.mkdir(cur, 0o700)
+            except FileExistsError:
+                if os.path.islink(cur) or not cur.is_dir():
+                    raise LocalFileError(
+                        f"{cur} is not a plain folder",
+                        user_message=f"{str(cur)!r} exists and is not a plain folder; "
+                        "nothing was written there.",
+                    ) from None
+            except OSError as exc:
+                raise _disk_error(exc, str(self.root)) from None
+
+    def save(self) -> None:
+        """Persist the resume state after a failure (best effort)."""
+        with contextlib.suppress(BeamError, OSError):
+            if self._fd_ix >= 0:
+                self.checkpoint()
+        self._close_fd()
+
+    def _save_state(self) -> None:
+        self.staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.staging / "state.json.tmp"
+        tmp.write_text(json.dumps(self._state))
+        os.replace(tmp, self.staging / "state.json")
+
+    def _close_fd(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = -1
+        self._fd_ix = -1
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"

@@ -1,0 +1,199 @@
+"""The aiortc adapter: one WebRTC peer connection with one ordered data channel.
+
+``RtcLink`` hides aiortc behind the small ``Channel`` interface the transfer loops use
+(send, drain, recv, close), translating aiortc states into ScanBeam errors. ICE servers
+come only from settings: an empty list means no STUN/TURN at all (aiortc would otherwise
+contact a public STUN server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from aiortc import (  # type: ignore[import-untyped]
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+
+from peer.errors import NoPathError, PeerGone, RemoteProtocolError
+
+__all__ = ["Channel", "RtcLink", "ice_servers"]
+
+log = logging.getLogger("scanbeam.rtc")
+LABEL = "scanbeam"
+_CLOSED = object()
+
+
+class Channel(Protocol):
+    """A reliable, ordered, message-based channel to the peer."""
+
+    def send(self, data: bytes) -> None: ...
+    async def drain(self) -> None: ...
+    async def recv(self) -> bytes: ...
+    async def close(self) -> None: ...
+
+
+def ice_servers(
+    stun: Sequence[str], turn: Sequence[str], username: str | None, credential: str | None
+) -> list[Any]:
+    """Build aiortc ICE server objects from settings (empty when none configured)."""
+    servers: list[Any] = [RTCIceServer(urls=url) for url in stun]
+    servers += [RTCIceServer(urls=url, username=username, credential=credential) for url in turn]
+    return servers
+
+
+class RtcLink:
+    """One peer connection. Create with :meth:`offer` (sender) or :meth:`answer` (receiver)."""
+
+    def __init__(
+        self, servers: Sequence[Any], *, high_water: int = 1 << 20, max_queue: int = 4096
+    ) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(servers)))
+        self._high = high_water
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._max_queue = max_queue
+        self._channel: RTCDataChannel | None = None
+        self._open = asyncio.Event()
+        self._dead = asyncio.Event()
+        self._closed = False
+
+        @self.pc.on("connectionstatechange")
+        def _on_state() -> None:
+            state = self.pc.connectionState
+            log.debug("connection state %s", state)
+            if state in ("failed", "closed"):
+                self._mark_dead()
+
+    # setup
+
+    async def create_offer(self) -> str:
+        ch = self.pc.createDataChannel(LABEL, ordered=True)
+        self._attach(ch)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return str(self.pc.localDescription.sdp)
+
+    async def accept_answer(self, sdp: str) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
+    async def create_answer(self, offer_sdp: str) -> str:
+        @self.pc.on("datachannel")
+        def _on_channel(ch: RTCDataChannel) -> None:
+            if ch.label == LABEL and self._channel is None:
+                self._attach(ch)
+
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return str(self.pc.localDescription.sdp)
+
+    async def wait_open(self, timeout: float) -> None:
+        """Wait until the data channel is open; NoPathError when ICE/DTLS cannot connect."""
+        waiter = asyncio.ensure_future(self._open.wait())
+        dead = asyncio.ensure_future(self._dead.wait())
+        try:
+            done, _ = await asyncio.wait({waiter, dead}, timeout=timeout, return_when="FIRST_COMPLETED")
+        finally:
+            waiter.cancel()
+            dead.cancel()
+        if not self._open.is_set() or self._dead.is_set():
+            raise NoPathError("data channel did not open")
+
+    def _attach(self, ch: RTCDataChannel) -> None:
+        self._channel = ch
+        ch.bufferedAmountLowThreshold = self._high // 2
+
+        @ch.on("open")
+        def _on_open() -> None:
+            self._open.set()
+
+        if ch.readyState == "open":
+            self._open.set()
+
+        @ch.on("message")
+        def _on_message(message: object) -> None:
+            if not isinstance(message, bytes):
+                message = b""  # text frames are not part of the protocol: fail at parse
+            if self._queue.qsize() >= self._max_queue:
+                self._queue.put_nowait(RemoteProtocolError("peer floods the channel"))
+                return
+            self._queue.put_nowait(message)
+
+        @ch.on("close")
+        def _on_close() -> None:
+            self._mark_dead()
+
+    def _mark_dead(self) -> None:
+        if not self._dead.is_set():
+            self._dead.set()
+            self._queue.put_nowait(_CLOSED)
+
+    # Channel interface
+
+    @property
+    def via(self) -> str:
+        """"turn" when the selected ICE pair uses a relay candidate, else "direct"."""
+        try:
+            conn = self.pc.sctp.transport.transport._connection
+            for pair in conn._nominated.values():
+                if "relay" in (pair.local_candidate.type, pair.remote_candidate.type):
+                    return "turn"
+        except AttributeError:
+            pass
+        return "direct"
+
+    def send(self, data: bytes) -> None:
+        if self._dead.is_set() or self._channel is None:
+            raise PeerGone("channel closed")
+        try:
+            self._channel.send(data)
+        except Exception as exc:  # aiortc raises InvalidStateError and others when closing
+            raise PeerGone(f"send failed: {exc}") from exc
+
+    async def drain(self) -> None:
+        ch = self._channel
+        if ch is None or ch.bufferedAmount <= self._high:
+            return
+        low = asyncio.Event()
+        ch.once("bufferedamountlow", low.set)
+        while ch.bufferedAmount > self._high // 2 and not self._dead.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(low.wait(), 1.0)
+            low.clear()
+            if ch.bufferedAmount > self._high // 2:
+                ch.once("bufferedamountlow", low.set)
+        if self._dead.is_set():
+            raise PeerGone("channel closed while sending")
+
+    async def recv(self) -> bytes:
+        item = await self._queue.get()
+        if item is _CLOSED:
+            self._queue.put_nowait(_CLOSED)
+            raise PeerGone("channel closed")
+        if isinstance(item, Exception):
+            raise item
+        assert isinstance(item, bytes)
+        return item
+
+    async def flush_and_close(self, timeout: float = 5.0) -> None:
+        """Wait (bounded) until everything queued was handed to the network, then close."""
+        ch = self._channel
+        if ch is not None and not self._dead.is_set():
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while ch.bufferedAmount > 0 and loop.time() < deadline and not self._dead.is_set():
+                await asyncio.sleep(0.02)
+        await self.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+        self._mark_dead()

@@ -1,0 +1,628 @@
+"""The session facade: pair through signaling, open the direct path, run the transfer.
+
+This is the public API the CLI and the TUI drive. Each call reports progress through an
+``on_event`` callback with the frozen event classes below and returns the final ``Done``
+or raises a :class:`peer.errors.BeamError` whose ``user_message`` is for the user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from peer.errors import (
+    BeamError,
+    ConnectionFailed,
+    DeclinedError,
+    NoPathError,
+    PairingError,
+    PeerGone,
+    RemoteProtocolError,
+    ServerUnreachable,
+    TransferTimeout,
+    UnknownCodeError,
+    WrongCodeError,
+)
+from peer.files import Destination, SourceFile, SourceReader, collect_sources
+from peer.proto import receiver as rx
+from peer.proto import sender as tx
+from peer.proto.handshake import EnvelopeReceived, Handshake, HandshakeFailed, Paired, Role
+from peer.proto.manifest import FileEntry, Manifest
+from peer.proto.wordlist import EVEN, ODD
+from peer.rtc import RtcLink, ice_servers
+from peer.settings import Settings
+from signaling.client import SignalingClient, SignalingError
+
+__all__ = [
+    "CodeReady",
+    "Connected",
+    "Done",
+    "Event",
+    "Offer",
+    "Paired_",
+    "Progress",
+    "Target",
+    "parse_target",
+    "receive",
+    "send",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class CodeReady:
+    """The sender's code and QR link are ready to be shown."""
+
+    code: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Paired_:
+    """Both sides proved they hold the same code (or link secret)."""
+
+    mode: str
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """The data channel is open; ``via`` is "direct" or "turn"."""
+
+    via: str
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """What the sender offers (receiver side), before accepting."""
+
+    files: int
+    bytes: int
+    held: int
+    summary: dict[str, Any]
+    paths: tuple[str, ...]
+    dest: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    bytes: int
+    total: int
+    rate: float  # bytes/s over the last few seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    via: str
+    files: int
+    bytes: int
+    seconds: float
+    sent_bytes: int = 0  # bytes that crossed the channel this run (excludes resumed data)
+    dest: Path | None = None
+    digests: tuple[str, ...] = field(default=())
+
+
+Event = CodeReady | Paired_ | Connected | Offer | Progress | Done
+OnEvent = Callable[[Event], None]
+
+_CODE_RE = re.compile(r"^(\d{1,8})-([a-z]+)-([a-z]+)$")
+_SIGNAL_CODES: dict[str, type[BeamError]] = {
+    "unknown-nameplate": UnknownCodeError,
+    "crowded": UnknownCodeError,
+    "timeout": TransferTimeout,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a receiver pairs: a server plus a code or a link secret."""
+
+    server: str
+    nameplate: str
+    code: str | None = None
+    link_secret: bytes | None = None
+
+
+def parse_target(text: str, default_server: str) -> Target:
+    """Parse a typed code (``12-word-word``) or a QR link (``<server>/r#12.<secret>``).
+
+    Raises:
+        UnknownCodeError: the text is not a ScanBeam code or link.
+    """
+    text = text.strip()
+    if "#" in text and "://" in text:
+        base, _, frag = text.partition("#")
+        parts = urlsplit(base)
+        nameplate, _, secret = frag.partition(".")
+        if parts.scheme in ("http", "https") and parts.path.endswith("/r") and nameplate.isdigit():
+            try:
+                raw = base64.urlsafe_b64decode(secret + "=" * (-len(secret) % 4))
+            except ValueError:
+                raw = b""
+            if len(raw) == 32:
+                server = f"{parts.scheme}://{parts.netloc}{parts.path[:-2]}"
+                return Target(server=server, nameplate=nameplate, link_secret=raw)
+        raise UnknownCodeError("bad link", user_message="This is not a valid ScanBeam link.")
+    m = _CODE_RE.match(text.lower())
+    if not m or m.group(2) not in EVEN or m.group(3) not in ODD:
+        raise UnknownCodeError(
+            "bad code",
+            user_message="This is not a ScanBeam code: it looks like 12-word-word "
+            "(a number and two words from the sender's screen).",
+        )
+    return Target(server=default_server, nameplate=m.group(1), code=text.lower())
+
+
+def _signal_error(exc: SignalingError, server: str) -> BeamError:
+    code = exc.code
+    if code == "unreachable":
+        return ServerUnreachable(
+            str(exc),
+            user_message=f"Cannot reach the ScanBeam server at {server}. "
+            "Check --server or SCANBEAM_SERVER.",
+        )
+    if code == "peer-closed:wrong-code":
+        return WrongCodeError("peer reported a wrong code")
+    if code == "expired":
+        return PairingError(
+            "expired", user_message="Nobody used the code before it expired. Start a new send."
+        )
+    if code == "crowded":
+        return UnknownCodeError("crowded", user_message="This code is already in use by others.")
+    if code in ("peer-gone", "disconnected") or code.startswith("peer-closed"):
+        return PeerGone(
+            code, user_message="The other side left before the transfer could start."
+        )
+    cls = _SIGNAL_CODES.get(code)
+    if cls is not None:
+        return cls(code)
+    return ConnectionFailed(
+        f"signaling error {code}: {exc}",
+        user_message=f"The ScanBeam server refused the request ({code}).",
+    )
+
+
+class _Pairing:
+    """Drives a Handshake over a SignalingClient and queues envelopes for the caller."""
+
+    def __init__(self, client: SignalingClient, hs: Handshake, settings: Settings) -> None:
+        self.client = client
+        self.hs = hs
+        self.settings = settings
+        self.envelopes: list[dict[str, Any]] = []
+        self.paired: Paired | None = None
+
+    async def flush(self) -> None:
+        for body in self.hs.data_to_send():
+            await self.client.send(body)
+
+    async def run(self) -> Paired:
+        self.hs.start()
+        await self.flush()
+        while self.paired is None:
+            await self._step()
+        return self.paired
+
+    async def _step(self) -> None:
+        body = await self.client.recv(timeout=self.settings.pair_timeout)
+        self.hs.receive(body)
+        await self.flush()
+        for ev in self.hs.events_received():
+            if isinstance(ev, Paired):
+                self.paired = ev
+            elif isinstance(ev, EnvelopeReceived):
+                self.envelopes.append(ev.message)
+            elif isinstance(ev, HandshakeFailed):
+                mood = "wrong-code" if isinstance(ev.error, WrongCodeError) else "error"
+                with contextlib.suppress(SignalingError):
+                    await self.client.close(mood)
+                raise ev.error
+
+    async def envelope(self, kind: str) -> dict[str, Any]:
+        while True:
+            if self.envelopes:
+                msg = self.envelopes.pop(0)
+                if msg.get("type") == kind:
+                    return msg
+                if msg.get("type") == "error":
+                    raise PeerGone("peer error", user_message="The other side stopped.")
+                continue  # unknown envelope types are ignored (forward compatibility)
+            await self._step()
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.hs.send(message)
+
+
+class _Rate:
+    def __init__(self, window: float = 3.0) -> None:
+        self.window = window
+        self.samples: list[tuple[float, int]] = []
+
+    def add(self, now: float, total: int) -> float:
+        self.samples.append((now, total))
+        while len(self.samples) > 2 and now - self.samples[0][0] > self.window:
+            self.samples.pop(0)
+        t0, b0 = self.samples[0]
+        return (total - b0) / (now - t0) if now > t0 else 0.0
+
+
+class _Progress:
+    def __init__(self, on_event: OnEvent, total: int, start: int = 0) -> None:
+        self.on_event = on_event
+        self.total = total
+        self.bytes = start
+        self.rate = _Rate()
+        self.last = 0.0
+
+    def add(self, n: int, force: bool = False) -> None:
+        self.bytes += n
+        now = time.monotonic()
+        if force or now - self.last >= 0.25:
+            self.last = now
+            self.on_event(Progress(self.bytes, self.total, self.rate.add(now, self.bytes)))
+
+
+def _make_code(nameplate: str) -> str:
+    return f"{nameplate}-{secrets.choice(EVEN)}-{secrets.choice(ODD)}"
+
+
+def _link_url(server: str, nameplate: str, secret: bytes) -> str:
+    frag = base64.urlsafe_b64encode(secret).decode().rstrip("=")
+    return f"{server.rstrip('/')}/r#{nameplate}.{frag}"
+
+
+async def _connect(settings: Settings, server: str) -> SignalingClient:
+    try:
+        return await SignalingClient.connect(server, open_timeout=settings.open_timeout)
+    except SignalingError as exc:
+        raise _signal_error(exc, server) from None
+
+
+async def send(
+    settings: Settings, paths: Sequence[Path], on_event: OnEvent, *, code: str | None = None
+) -> Done:
+    """Send files and folders to one receiver who joins with the printed code or link.
+
+    Raises:
+        BeamError: any failure, with a user message.
+    """
+    sources = collect_sources(paths)
+    manifest = _build_manifest(sources)
+    client = await _connect(settings, settings.server)
+    try:
+        try:
+            nameplate = await client.allocate()
+            full_code = code or _make_code(nameplate)
+            link_secret = secrets.token_bytes(32)
+            on_event(CodeReady(full_code, _link_url(settings.server, nameplate, link_secret)))
+            await client.wait_peer(timeout=settings.wait_timeout)
+            hs = Handshake(
+                Role.SENDER, code=full_code, link_secret=link_secret, entropy=os.urandom
+            )
+            pairing = _Pairing(client, hs, settings)
+            paired = await pairing.run()
+            on_event(Paired_(paired.mode))
+            link = RtcLink(_servers(settings), high_water=settings.buffered_high)
+            try:
+                offer_sdp = await link.create_offer()
+                pairing.send({"type": "offer", "sdp": offer_sdp, "version": paired.version})
+                await pairing.flush()
+                answer = await pairing.envelope("answer")
+                sdp = answer.get("sdp")
+                if not isinstance(sdp, str):
+                    raise RemoteProtocolError("answer without SDP")
+                await link.accept_answer(sdp)
+            except BaseException:
+                await link.close()
+                raise
+        except SignalingError as exc:
+            raise _signal_error(exc, settings.server) from None
+        try:
+            await _open(link, settings)
+            with contextlib.suppress(SignalingError):
+                await client.close("happy")
+            on_event(Connected(link.via))
+            return await _send_over(link, paired, manifest, sources, settings, on_event)
+        finally:
+            await link.close()
+    finally:
+        with contextlib.suppress(Exception):
+            await client.close("error")
+
+
+async def _open(link: RtcLink, settings: Settings) -> None:
+    try:
+        await link.wait_open(settings.connect_timeout)
+    except NoPathError:
+        raise NoPathError(
+            "ICE failed",
+            user_message="No direct connection could be made between the two computers "
+            f"within {settings.connect_timeout:.0f} s.",
+        ) from None
+
+
+def _servers(settings: Settings) -> list[Any]:
+    return ice_servers(settings.stun, settings.turn, settings.turn_user, settings.turn_password)
+
+
+def _build_manifest(sources: Sequence[SourceFile]) -> Manifest:
+    from peer.dicom.summary import summarize
+
+    summary = summarize((s.rel, s.path) for s in sources)
+    files = tuple(
+        FileEntry(path=s.rel, size=s.size, mtime_ns=s.mtime_ns, prefix=secrets.token_bytes(16))
+        for s in sources
+    )
+    return Manifest(files=files, summary=summary)
+
+
+async def _recv(link: RtcLink, timeout: float | None) -> bytes:
+    try:
+        return await asyncio.wait_for(link.recv(), timeout)
+    except TimeoutError:
+        raise TransferTimeout("idle") from None
+
+
+async def _send_over(
+    link: RtcLink,
+    paired: Paired,
+    manifest: Manifest,
+    sources: Sequence[SourceFile],
+    settings: Settings,
+    on_event: OnEvent,
+) -> Done:
+    started = time.monotonic()
+    machine = tx.Sender(paired.keys.session, manifest, compress=settings.compress)
+    reader = SourceReader(sources)
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()
+    progress: _Progress | None = None
+    held = 0
+
+    def flush() -> None:
+        for rec in machine.data_to_send():
+            link.send(rec)
+
+    async def pump() -> None:
+        while machine.state not in (tx.SenderState.DONE, tx.SenderState.FAILED):
+            waiting = machine.state is tx.SenderState.OFFERED
+            data = await _recv(link, None if waiting else settings.idle_timeout)
+            machine.receive_message(data)
+            flush()
+            wake.set()
+
+    machine.start()
+    flush()
+    pump_task = asyncio.ensure_future(pump())
+    completed: tx.Completed | None = None
+    try:
+        while completed is None:
+            for ev in machine.events_received():
+                if isinstance(ev, tx.Accepted):
+                    held = ev.resume_bytes
+                    progress = _Progress(on_event, manifest.total_bytes, held)
+                elif isinstance(ev, tx.Declined):
+                    raise DeclinedError("declined")
+                elif isinstance(ev, tx.Failed):
+                    raise ev.error
+                elif isinstance(ev, tx.Completed):
+                    completed = ev
+            if completed is not None:
+                break
+            req = machine.next_read()
+            if req is None:
+                if pump_task.done():
+                    pump_task.result()
+                    continue
+                wake.clear()
+                waiter = asyncio.ensure_future(wake.wait())
+                await asyncio.wait({waiter, pump_task}, return_when="FIRST_COMPLETED")
+                waiter.cancel()
+                continue
+            try:
+                data = await loop.run_in_executor(
+                    None, reader.read, req.file_ix, req.offset, req.length
+                )
+                if req.chunk_ix == manifest.files[req.file_ix].n_chunks(manifest.chunk_size) - 1:
+                    reader.check_unchanged(req.file_ix)
+            except BeamError as exc:
+                machine.fail(exc)
+                flush()
+                raise
+            machine.feed(req, data)
+            flush()
+            if req.transmit and progress is not None:
+                progress.add(req.length)
+            await link.drain()
+        if progress is not None:
+            progress.add(0, force=True)
+        await link.flush_and_close()
+    except PeerGone:
+        if machine.state is tx.SenderState.AWAITING_RECEIPT:
+            raise PeerGone(
+                "no receipt",
+                user_message="The connection dropped before the receiver confirmed; "
+                "run the same command again to resume.",
+            ) from None
+        raise
+    finally:
+        pump_task.cancel()
+        with contextlib.suppress(BaseException):
+            await pump_task
+        reader.close()
+    seconds = time.monotonic() - started
+    done = Done(
+        via=link.via,
+        files=completed.files,
+        bytes=completed.bytes,
+        seconds=seconds,
+        sent_bytes=manifest.total_bytes - held,
+        digests=completed.digests,
+    )
+    on_event(done)
+    return done
+
+
+Decide = Callable[[Offer], Awaitable[bool]]
+
+
+async def receive(
+    settings: Settings, target: Target, dest: Path, on_event: OnEvent, decide: Decide
+) -> Done:
+    """Pair with a sender by code or link and receive into ``dest``.
+
+    ``decide`` is awaited with the offer and returns True to accept.
+
+    Raises:
+        BeamError: any failure, with a user message.
+    """
+    client = await _connect(settings, target.server)
+    try:
+        try:
+            await client.join(target.nameplate)
+            hs = Handshake(
+                Role.RECEIVER, code=target.code, link_secret=target.link_secret, entropy=os.urandom
+            )
+            pairing = _Pairing(client, hs, settings)
+            paired = await pairing.run()
+            on_event(Paired_(paired.mode))
+            offer = await pairing.envelope("offer")
+            sdp = offer.get("sdp")
+            if not isinstance(sdp, str):
+                raise RemoteProtocolError("offer without SDP")
+            link = RtcLink(_servers(settings), high_water=settings.buffered_high)
+            try:
+                answer_sdp = await link.create_answer(sdp)
+                pairing.send({"type": "answer", "sdp": answer_sdp})
+                await pairing.flush()
+            except BaseException:
+                await link.close()
+                raise
+        except SignalingError as exc:
+            raise _signal_error(exc, target.server) from None
+        try:
+            await _open(link, settings)
+            with contextlib.suppress(SignalingError):
+                await client.close("happy")
+            on_event(Connected(link.via))
+            return await _receive_over(link, paired, dest, settings, on_event, decide)
+        finally:
+            await link.close()
+    finally:
+        with contextlib.suppress(Exception):
+            await client.close("error")
+
+
+async def _receive_over(
+    link: RtcLink,
+    paired: Paired,
+    root: Path,
+    settings: Settings,
+    on_event: OnEvent,
+    decide: Decide,
+) -> Done:
+    started = time.monotonic()
+    machine = rx.Receiver(paired.keys.session, window=settings.window)
+    loop = asyncio.get_running_loop()
+    dest: Destination | None = None
+    progress: _Progress | None = None
+    held = 0
+    finished = False
+
+    def flush() -> None:
+        for rec in machine.data_to_send():
+            link.send(rec)
+
+    try:
+        while True:
+            timeout = settings.pair_timeout if machine.manifest is None else settings.idle_timeout
+            try:
+                data = await _recv(link, timeout)
+            except PeerGone:
+                if finished:
+                    break  # the receipt went out; the files are verified and in place
+                raise
+            machine.receive_message(data)
+            for ev in machine.events_received():
+                if isinstance(ev, rx.Offered):
+                    dest = Destination(root, ev.manifest)
+                    try:
+                        resume, hashes, held = await loop.run_in_executor(None, dest.preflight)
+                    except BeamError as exc:
+                        machine.fail(exc)
+                        flush()
+                        raise
+                    m = ev.manifest
+                    offer = Offer(
+                        files=len(m.files),
+                        bytes=m.total_bytes,
+                        held=held,
+                        summary=dict(m.summary),
+                        paths=tuple(f.path for f in m.files),
+                        dest=root,
+                    )
+                    on_event(offer)
+                    if not await decide(offer):
+                        machine.decline()
+                        flush()
+                        await link.flush_and_close(1.0)
+                        raise DeclinedError("declined", user_message="You declined the transfer.")
+                    machine.accept(resume, hashes)
+                    progress = _Progress(on_event, m.total_bytes, held)
+                elif isinstance(ev, rx.ChunkReceived):
+                    assert dest is not None and progress is not None
+                    dest.write(ev.file_ix, ev.offset, ev.data)
+                    if dest.needs_checkpoint():
+                        await loop.run_in_executor(None, dest.checkpoint)
+                    machine.release(1)
+                    progress.add(len(ev.data))
+                elif isinstance(ev, rx.FileVerified):
+                    assert dest is not None
+                    await loop.run_in_executor(None, dest.file_verified, ev.file_ix)
+                elif isinstance(ev, rx.AllVerified):
+                    assert dest is not None
+                    await loop.run_in_executor(None, dest.place_all)
+                    machine.finish()
+                    finished = True
+                elif isinstance(ev, rx.Closed):
+                    finished = True
+                elif isinstance(ev, rx.Failed):
+                    raise ev.error
+            flush()
+            if machine.state is rx.ReceiverState.DONE:
+                break
+    except BeamError as exc:
+        if dest is not None and not finished:
+            await loop.run_in_executor(None, dest.save)
+        if machine.state not in (rx.ReceiverState.FAILED, rx.ReceiverState.DECLINED):
+            machine.fail(exc)
+            with contextlib.suppress(BeamError):
+                flush()
+        raise
+    except BaseException:
+        if dest is not None and not finished:
+            await loop.run_in_executor(None, dest.save)
+        raise
+    assert machine.manifest is not None
+    if progress is not None:
+        progress.add(0, force=True)
+    await link.flush_and_close(1.0)
+    m = machine.manifest
+    done = Done(
+        via=link.via,
+        files=len(m.files),
+        bytes=m.total_bytes,
+        seconds=time.monotonic() - started,
+        sent_bytes=m.total_bytes - held,
+        dest=root,
+    )
+    on_event(done)
+    return done

@@ -1,0 +1,49 @@
+"""Client settings, built once in ``peer.cli`` and passed down (nothing else reads the
+environment)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_SERVER", "Settings"]
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    server: str = DEFAULT_SERVER
+    stun: tuple[str, ...] = ()
+    turn: tuple[str, ...] = ()
+    turn_user: str | None = None
+    turn_password: str | None = None
+    open_timeout: float = 10.0  # reaching the signaling server
+    wait_timeout: float = 600.0  # sender waiting for a receiver to join
+    pair_timeout: float = 30.0  # PAKE + SDP exchange once both are present
+    connect_timeout: float = 30.0  # ICE + DTLS + SCTP until the data channel opens
+    idle_timeout: float = 60.0  # no record from the peer for this long: give up
+    buffered_high: int = 1 << 20  # data-channel high-water mark, bytes
+    window: int = 64  # receive window, chunks (credit granted ahead of writes)
+    compress: bool = True
+
+    @classmethod
+    def load(cls, env: Mapping[str, str], overrides: Mapping[str, object]) -> Settings:
+        """Defaults, then SCANBEAM_* environment variables, then non-None overrides."""
+        values: dict[str, object] = {}
+        if env.get("SCANBEAM_SERVER"):
+            values["server"] = env["SCANBEAM_SERVER"]
+        if env.get("SCANBEAM_STUN"):
+            values["stun"] = tuple(u for u in env["SCANBEAM_STUN"].split(",") if u)
+        if env.get("SCANBEAM_TURN"):
+            values["turn"] = tuple(u for u in env["SCANBEAM_TURN"].split(",") if u)
+        if env.get("SCANBEAM_TURN_USER"):
+            values["turn_user"] = env["SCANBEAM_TURN_USER"]
+        if env.get("SCANBEAM_TURN_PASSWORD"):
+            values["turn_password"] = env["SCANBEAM_TURN_PASSWORD"]
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key, value in overrides.items():
+            if value is not None and key in names:
+                values[key] = value
+        return cls(**values)  # type: ignore[arg-type]
