@@ -1,0 +1,457 @@
+"""The study summary a receiver is shown before accepting a transfer.
+
+`summarize` reads only the header of each offered file (it stops at the first element
+after Rows/Columns, long before the pixel data), groups the DICOM files by study and series,
+and returns a JSON-serialisable dict. Anything that is not a readable DICOM Part 10
+file (bad or missing preamble, truncated header, a DICOMDIR, a PDF) is an "other file".
+
+Every string is cleaned for display (`clean_text`): DICOM files come from anywhere, and
+a hostile one may carry terminal escape sequences. `format_summary` cleans again, since
+the summary it formats may have crossed the network from an untrusted peer.
+
+Person names (PN) are shown as ``"FAMILY, GIVEN MIDDLE"``: the first non-empty
+component group (alphabetic, else ideographic, else phonetic), prefix and suffix
+dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import unicodedata
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_partial
+from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID
+
+from peer.units import human_bytes
+
+__all__ = ["MAX_OTHER", "MAX_TEXT", "clean_text", "format_summary", "summarize"]
+
+MAX_TEXT = 200
+MAX_OTHER = 20
+_DEFER_SIZE = 4096  # larger values are skipped on disk, never read
+_DICOMDIR_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
+
+_KEYWORDS = (
+    "SOPClassUID",
+    "StudyDate",
+    "AccessionNumber",
+    "Modality",
+    "StudyDescription",
+    "SeriesDescription",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "Rows",
+    "Columns",
+)
+_TAGS: dict[str, BaseTag] = {kw: Tag(kw) for kw in _KEYWORDS}
+_LAST_TAG = max(int(tag) for tag in _TAGS.values())
+
+# CSI, OSC/DCS/SOS/PM/APC strings, two-character escapes, and 8-bit CSI.
+_ESCAPES = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"
+    r"|\x1b[\]PX^_][^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[ -/]*[0-~]"
+    r"|\x9b[0-?]*[ -/]*[@-~]"
+)
+_SPACES = re.compile(r"\s+")
+_DROP_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+
+
+def clean_text(value: object, limit: int = MAX_TEXT) -> str:
+    """Make any value safe to print on a terminal or a web page.
+
+    Removes escape sequences and control, format (bidi), surrogate and private-use
+    characters; whitespace runs become one space; the result is cut to `limit`
+    characters, ending with "…" when cut.
+
+    Args:
+        value: Anything; ``None`` gives ``""``, other non-strings their ``str()``.
+        limit: Maximum length of the result.
+
+    Returns:
+        The cleaned, stripped text.
+    """
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else str(value)
+    text = _ESCAPES.sub("", text[: limit * 8])
+    text = "".join(
+        (" " if ch.isspace() else "") if unicodedata.category(ch) in _DROP_CATEGORIES else ch
+        for ch in text
+    )
+    text = _SPACES.sub(" ", text).strip()
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    return text
+
+
+def _person_name(value: object) -> str:
+    groups = [group for group in str(value).split("=") if group.strip("^ ")]
+    if not groups:
+        return ""
+    parts = [part.strip() for part in groups[0].split("^")]
+    family, given = parts[0], " ".join(p for p in parts[1:3] if p)
+    return f"{family}, {given}" if family and given else family or given
+
+
+def _date(value: object) -> str:
+    text = str(value).strip()
+    if re.fullmatch(r"\d{8}", text) is None:
+        return ""
+    return f"{text[:4]}-{text[4:6]}-{text[6:]}"
+
+
+@dataclass(slots=True)
+class _Header:
+    study_uid: str
+    series_uid: str
+    patient_name: str
+    patient_id: str
+    patient_birth_date: str
+    patient_sex: str
+    study_date: str
+    study_description: str
+    accession: str
+    modality: str
+    series_description: str
+    series_number: int | None
+    rows: int | None
+    cols: int | None
+    transfer_syntax: str
+
+
+@dataclass(slots=True)
+class _Series:
+    uid: str
+    number: int | None
+    modality: str
+    description: str
+    rows: int | None
+    cols: int | None
+    images: int = 0
+    bytes: int = 0
+    syntaxes: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Study:
+    first: _Header
+    series: dict[str, _Series] = field(default_factory=dict)
+
+
+def _past_header(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return int(tag) > _LAST_TAG
+
+
+def _value(ds: Dataset, keyword: str) -> object:
+    """The converted value, or None if absent, too large (deferred) or malformed."""
+    try:
+        elem = ds.get_item(_TAGS[keyword], keep_deferred=True)
+        if elem is None or (isinstance(elem, RawDataElement) and elem.value is None):
+            return None
+        value: object = ds[_TAGS[keyword]].value
+    except Exception:
+        return None
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(str(v) for v in value)
+    return value
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = _value(ds, keyword)
+    return "" if value is None else clean_text(value)
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    value = _value(ds, keyword)
+    try:
+        return None if value is None or value == "" else int(str(value).strip())
+    except ValueError:
+        return None
+
+
+def _truncated(ds: Dataset, end: int, size: int) -> bool:
+    """Whether the header read ran off the end of the file.
+
+    pydicom does not say: a skipped value leaves the position past the end, a read one
+    is short. A cut exactly between two elements is not detected.
+    """
+    if end > size:
+        return True
+    for tag in _TAGS.values():
+        elem = ds.get_item(tag, keep_deferred=True)
+        if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes):
+            if elem.length != 0xFFFFFFFF and len(elem.value) < elem.length:
+                return True
+    return False
+
+
+def _read_header(path: Path, size: int) -> _Header | None:
+    """Parse the header of one file; None unless it is a usable DICOM instance.
+
+    That is a Part 10 file (preamble, "DICM", file meta with a transfer syntax), not a
+    DICOMDIR, whose header up to Rows/Columns is complete and names its study and
+    series. Pixel data is never read, so a file cut in its pixel data still counts.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with path.open("rb") as fp:
+                ds = read_partial(
+                    fp,
+                    stop_when=_past_header,
+                    defer_size=_DEFER_SIZE,
+                    force=False,
+                    specific_tags=list(_TAGS.values()),
+                )
+                if _truncated(ds, fp.tell(), size):
+                    return None
+            meta = ds.file_meta
+            sop_class = str(meta.get("MediaStorageSOPClassUID", "") or _value(ds, "SOPClassUID"))
+            syntax = clean_text(meta.get("TransferSyntaxUID", ""))
+            if sop_class.strip() == _DICOMDIR_CLASS or not syntax:
+                return None
+            header = _Header(
+                study_uid=_text(ds, "StudyInstanceUID"),
+                series_uid=_text(ds, "SeriesInstanceUID"),
+                patient_name=clean_text(_person_name(_value(ds, "PatientName") or "")),
+                patient_id=_text(ds, "PatientID"),
+                patient_birth_date=_date(_value(ds, "PatientBirthDate") or ""),
+                patient_sex=_text(ds, "PatientSex"),
+                study_date=_date(_value(ds, "StudyDate") or ""),
+                study_description=_text(ds, "StudyDescription"),
+                accession=_text(ds, "AccessionNumber"),
+                modality=_text(ds, "Modality"),
+                series_description=_text(ds, "SeriesDescription"),
+                series_number=_int(ds, "SeriesNumber"),
+                rows=_int(ds, "Rows"),
+                cols=_int(ds, "Columns"),
+                transfer_syntax=syntax,
+            )
+    except Exception:  # not DICOM, malformed, unreadable: an "other" file
+        return None
+    return header if header.study_uid and header.series_uid else None
+
+
+def _file_size(path: Path) -> tuple[int, bool]:
+    """Size and whether it is a regular file (FIFOs and devices are never opened)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return 0, False
+    return st.st_size, stat.S_ISREG(st.st_mode)
+
+
+def summarize(files: Iterable[tuple[str, Path]]) -> dict[str, object]:
+    """Summarise an offered file list by study and series, reading headers only.
+
+    Never raises on file content: unreadable, non-DICOM, truncated or malformed files
+    and DICOMDIRs count as other files (see `_read_header` for what counts as DICOM).
+    Memory and time do not depend on image size.
+
+    Args:
+        files: ``(relative path, absolute path)`` pairs, e.g. a whole offer.
+
+    Returns:
+        A JSON-serialisable dict with ``dicom_files``, ``other_files``, ``bytes`` (all
+        files), ``studies`` (sorted by date then UID, each with patient and study
+        fields, ``modalities``, ``series_count``, ``image_count``, ``bytes`` and
+        ``series`` sorted by number then UID) and ``other`` (the first `MAX_OTHER`
+        other relative paths, sorted). Transfer syntaxes are listed as UIDs.
+    """
+    studies: dict[str, _Study] = {}
+    other: list[str] = []
+    dicom_files = 0
+    total = 0
+    for rel, path in files:
+        size, regular = _file_size(path)
+        total += size
+        header = _read_header(path, size) if regular else None
+        if header is None:
+            other.append(clean_text(rel))
+            continue
+        dicom_files += 1
+        study = studies.setdefault(header.study_uid, _Study(header))
+        series = study.series.get(header.series_uid)
+        if series is None:
+            series = study.series[header.series_uid] = _Series(
+                uid=header.series_uid,
+                number=header.series_number,
+                modality=header.modality,
+                description=header.series_description,
+                rows=header.rows,
+                cols=header.cols,
+            )
+        series.images += 1
+        series.bytes += size
+        if header.transfer_syntax:
+            series.syntaxes.add(header.transfer_syntax)
+
+    out_studies = [_study_dict(uid, study) for uid, study in studies.items()]
+    out_studies.sort(key=lambda s: (str(s["study_date"]), str(s["study_uid"])))
+    return {
+        "dicom_files": dicom_files,
+        "other_files": len(other),
+        "bytes": total,
+        "studies": out_studies,
+        "other": sorted(other)[:MAX_OTHER],
+    }
+
+
+def _study_dict(uid: str, study: _Study) -> dict[str, object]:
+    first = study.first
+    series = sorted(
+        study.series.values(),
+        key=lambda s: (s.number is None, s.number if s.number is not None else 0, s.uid),
+    )
+    return {
+        "study_uid": uid,
+        "patient_name": first.patient_name,
+        "patient_id": first.patient_id,
+        "patient_birth_date": first.patient_birth_date,
+        "patient_sex": first.patient_sex,
+        "study_date": first.study_date,
+        "study_description": first.study_description,
+        "accession": first.accession,
+        "modalities": sorted({s.modality for s in series if s.modality}),
+        "series_count": len(series),
+        "image_count": sum(s.images for s in series),
+        "bytes": sum(s.bytes for s in series),
+        "series": [
+            {
+                "series_uid": s.uid,
+                "number": s.number,
+                "modality": s.modality,
+                "description": s.description,
+                "images": s.images,
+                "bytes": s.bytes,
+                "rows": s.rows,
+                "cols": s.cols,
+                "transfer_syntaxes": sorted(s.syntaxes),
+            }
+            for s in series
+        ],
+    }
+
+
+# --------------------------------------------------------------------------- display
+
+
+def _get(mapping: object, key: str) -> object:
+    return mapping.get(key) if isinstance(mapping, Mapping) else None
+
+
+def _s(mapping: object, key: str, limit: int = MAX_TEXT) -> str:
+    return clean_text(_get(mapping, key), limit)
+
+
+def _n(mapping: object, key: str) -> int | None:
+    value = _get(mapping, key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _items(mapping: object, key: str) -> list[object]:
+    value = _get(mapping, key)
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def _syntax_name(uid: object) -> str:
+    """The transfer syntax's name if pydicom knows the UID, else the cleaned UID."""
+    text = clean_text(uid, 64)
+    if re.fullmatch(r"[0-9.]+", text) is None:
+        return text
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return clean_text(UID(text).name, 64)
+
+
+def format_summary(summary: Mapping[str, object]) -> list[str]:
+    """Human-readable lines for a terminal.
+
+    Safe on any input: the mapping may come from an untrusted peer, so every value is
+    type-checked and cleaned again, and missing or mistyped fields are skipped.
+
+    Args:
+        summary: A dict as returned by `summarize`.
+
+    Returns:
+        Lines such as ``"Patient: DOE, JANE (SB-0001), born 1970-01-01, F"``.
+    """
+    lines: list[str] = []
+    for study in _items(summary, "studies"):
+        patient = _s(study, "patient_name") or "(no name)"
+        pid = _s(study, "patient_id")
+        if pid:
+            patient += f" ({pid})"
+        birth = _s(study, "patient_birth_date", 10)
+        if birth:
+            patient += f", born {birth}"
+        sex = _s(study, "patient_sex", 16)
+        if sex:
+            patient += f", {sex}"
+        lines.append(f"Patient: {patient}")
+
+        head = " ".join(
+            x for x in (_s(study, "study_date", 10), _s(study, "study_description")) if x
+        )
+        modalities = ", ".join(clean_text(m, 16) for m in _items(study, "modalities"))
+        facts = [
+            modalities,
+            f"{_n(study, 'series_count') or 0} series",
+            f"{_n(study, 'image_count') or 0} images",
+            human_bytes(_n(study, "bytes") or 0),
+        ]
+        lines.append(f"Study: {head or '(undated)'} — {', '.join(f for f in facts if f)}")
+        accession = _s(study, "accession")
+        if accession:
+            lines.append(f"  Accession: {accession}")
+
+        for series in _items(study, "series"):
+            number = _n(series, "number")
+            label = " ".join(
+                x
+                for x in (
+                    "Series" if number is None else f"Series {number}",
+                    _s(series, "modality", 16),
+                    _s(series, "description"),
+                )
+                if x
+            )
+            images = _n(series, "images") or 0
+            detail = f"{images} image{'s' if images != 1 else ''}"
+            rows, cols = _n(series, "rows"), _n(series, "cols")
+            if rows and cols:
+                detail += f" {cols}x{rows}"
+            detail += f", {human_bytes(_n(series, 'bytes') or 0)}"
+            syntaxes = [_syntax_name(u) for u in _items(series, "transfer_syntaxes")]
+            if syntaxes:
+                detail += f", {' / '.join(s for s in syntaxes if s)}"
+            lines.append(f"  {label}: {detail}")
+
+    others = [clean_text(p) for p in _items(summary, "other")]
+    count = _n(summary, "other_files") or len(others)
+    if count:
+        line = f"Other files: {', '.join(others)}"
+        if count > len(others):
+            line += f" (and {count - len(others)} more)"
+        lines.append(line)
+    total = _n(summary, "bytes")
+    dicom = _n(summary, "dicom_files") or 0
+    if total is not None:
+        lines.append(f"Total: {dicom} DICOM files, {count} other, {human_bytes(total)}")
+    return lines
