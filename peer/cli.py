@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from peer import session
-from peer.errors import BeamError, CancelledByUser
+from peer.errors import BeamError, CancelledByUser, DeclinedError
 from peer.settings import DEFAULT_SERVER, Settings
 from peer.units import human_bytes, human_duration, human_rate
 
@@ -243,7 +243,7 @@ def _run_receive(args: argparse.Namespace, settings: Settings, out: _Out) -> int
         if args.yes:
             return True
         if not sys.stdin.isatty():
-            raise BeamError(
+            raise DeclinedError(
                 "no tty",
                 user_message="Not accepted: no terminal to ask; add --yes to accept.",
             )

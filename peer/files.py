@@ -36,7 +36,7 @@ from peer.proto.manifest import Manifest, check_path
 __all__ = ["Destination", "SourceFile", "SourceReader", "collect_sources"]
 
 STAGING = ".scanbeam-partial"
-CHECKPOINT_BYTES = 64 * 1024 * 1024
+CHECKPOINT_BYTES = 16 * 1024 * 1024
 FREE_MARGIN = 16 * 1024 * 1024
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
@@ -210,8 +210,10 @@ class Destination:
         cs = self.manifest.chunk_size
         resume: list[int] = []
         hashes: list[Any] = []
+        checked: set[str] = set()
         for i, f in enumerate(self.manifest.files):
             final = self._final(i)
+            self._check_parents(f.path, checked)
             if i in placed and final.is_file() and not final.is_symlink():
                 k, h = self._rehash(final, f.n_chunks(cs), f.size)
             else:
@@ -252,6 +254,28 @@ class Destination:
             raise LocalFileError(
                 "staging is not a folder", user_message=f"{str(top)!r} is not a plain folder."
             )
+
+    def _check_parents(self, rel: str, checked: set[str]) -> None:
+        """Every existing folder on the way to ``rel`` must be a plain folder (no link)."""
+        parts = rel.split("/")[:-1]
+        for n in range(1, len(parts) + 1):
+            sub = "/".join(parts[:n])
+            if sub in checked:
+                continue
+            path = self.root.joinpath(*parts[:n])
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                return  # nothing below exists yet
+            except OSError as exc:
+                raise _disk_error(exc, str(self.root)) from None
+            if not stat.S_ISDIR(st.st_mode):
+                raise LocalFileError(
+                    f"{path} is not a plain folder",
+                    user_message=f"{str(path)!r} exists and is not a plain folder; "
+                    "nothing was written there.",
+                )
+            checked.add(sub)
 
     def _final(self, i: int) -> Path:
         return self.root.joinpath(*self.manifest.files[i].path.split("/"))
@@ -358,7 +382,11 @@ class Destination:
         self._close_fd()
 
     def place_all(self) -> list[Path]:
-        """Link every verified file to its final name, never overwriting anything."""
+        """Link every verified file to its final name, never overwriting anything.
+
+        Folders are created and opened one level at a time relative to the previous one
+        with O_NOFOLLOW, so a symlink planted anywhere on the way is never followed.
+        """
         self._close_fd()
         placed = set(self._state["placed"])
         out = []
@@ -367,9 +395,10 @@ class Destination:
             out.append(final)
             if i in placed:
                 continue
-            self._make_parents(i)
+            parts = self.manifest.files[i].path.split("/")
+            dir_fd = self._open_parents(parts[:-1])
             try:
-                os.link(self._staged(i), final, follow_symlinks=False)
+                os.link(self._staged(i), parts[-1], dst_dir_fd=dir_fd, follow_symlinks=False)
             except FileExistsError:
                 raise DestinationExists(
                     str(final),
@@ -378,6 +407,8 @@ class Destination:
                 ) from None
             except OSError as exc:
                 raise _disk_error(exc, str(self.root)) from None
+            finally:
+                os.close(dir_fd)
             placed.add(i)
             self._state["placed"] = sorted(placed)
             with contextlib.suppress(OSError):
@@ -388,22 +419,31 @@ class Destination:
             (self.root / STAGING).rmdir()  # only when no other transfer is staged there
         return out
 
-    def _make_parents(self, i: int) -> None:
-        parts = self.manifest.files[i].path.split("/")[:-1]
+    def _open_parents(self, parts: list[str]) -> int:
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise _disk_error(exc, str(self.root)) from None
         cur = self.root
         for part in parts:
             cur = cur / part
             try:
-                os.mkdir(cur, 0o700)
-            except FileExistsError:
-                if os.path.islink(cur) or not cur.is_dir():
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o700, dir_fd=fd)
+                nxt = os.open(part, flags, dir_fd=fd)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise LocalFileError(
                         f"{cur} is not a plain folder",
                         user_message=f"{str(cur)!r} exists and is not a plain folder; "
                         "nothing was written there.",
                     ) from None
-            except OSError as exc:
                 raise _disk_error(exc, str(self.root)) from None
+            os.close(fd)
+            fd = nxt
+        return fd
 
     def save(self) -> None:
         """Persist the resume state after a failure (best effort)."""

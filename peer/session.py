@@ -436,7 +436,10 @@ async def _send_over(
             except BeamError as exc:
                 machine.fail(exc)
                 flush()
+                await link.flush_and_close(2.0)
                 raise
+            if machine.state is not tx.SenderState.SENDING:
+                continue  # the receiver's answer arrived during the read; handle it first
             machine.feed(req, data)
             flush()
             if req.transmit and progress is not None:
@@ -452,6 +455,17 @@ async def _send_over(
                 user_message="The connection dropped before the receiver confirmed; "
                 "run the same command again to resume.",
             ) from None
+        raise PeerGone(
+            "receiver gone",
+            user_message="The receiver disconnected. Run the same command again to resume; "
+            "what the receiver verified is not sent twice.",
+        ) from None
+    except BeamError as exc:
+        if machine.state is not tx.SenderState.FAILED:
+            machine.fail(exc)
+        with contextlib.suppress(BeamError):
+            flush()
+            await link.flush_and_close(2.0)
         raise
     finally:
         pump_task.cancel()
@@ -570,11 +584,16 @@ async def _receive_over(
                         dest=root,
                     )
                     on_event(offer)
-                    if not await decide(offer):
+                    try:
+                        if not await decide(offer):
+                            raise DeclinedError(
+                                "declined", user_message="You declined the transfer."
+                            )
+                    except DeclinedError:
                         machine.decline()
                         flush()
                         await link.flush_and_close(1.0)
-                        raise DeclinedError("declined", user_message="You declined the transfer.")
+                        raise
                     machine.accept(resume, hashes)
                     progress = _Progress(on_event, m.total_bytes, held)
                 elif isinstance(ev, rx.ChunkReceived):
@@ -604,8 +623,9 @@ async def _receive_over(
             await loop.run_in_executor(None, dest.save)
         if machine.state not in (rx.ReceiverState.FAILED, rx.ReceiverState.DECLINED):
             machine.fail(exc)
-            with contextlib.suppress(BeamError):
-                flush()
+        with contextlib.suppress(BeamError):
+            flush()  # the ERROR record tells the sender why
+            await link.flush_and_close(2.0)
         raise
     except BaseException:
         if dest is not None and not finished:
