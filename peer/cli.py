@@ -43,7 +43,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     def net(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
-            "--server", default=None, help=f"server URL (default $SCANBEAM_SERVER or {DEFAULT_SERVER})"
+            "--server",
+            default=None,
+            help=f"server URL (default $SCANBEAM_SERVER or {DEFAULT_SERVER})",
         )
         sp.add_argument("--json", action="store_true", help="print one JSON event per line")
         sp.add_argument("--stun", action="append", default=None, metavar="URL", help="STUN server")
@@ -136,7 +138,7 @@ def _qr_lines(url: str) -> list[str]:
     which scans on dark and light terminals alike)."""
     import io
 
-    import qrcode  # type: ignore[import-untyped]
+    import qrcode
 
     qr = qrcode.QRCode(border=2, error_correction=qrcode.constants.ERROR_CORRECT_L)
     qr.add_data(url)
@@ -163,7 +165,7 @@ def _run_send(args: argparse.Namespace, settings: Settings, out: _Out) -> int:
             if not out.json:
                 for ln in _qr_lines(ev.url):
                     out.line(ln)
-                out.line(f"Scan the QR code with a phone, or on the receiving computer run:")
+                out.line("Scan the QR code with a phone, or on the receiving computer run:")
                 out.line(f"    scanbeam receive {ev.code}")
                 out.line(f"Code: {ev.code}   (waiting for the receiver…)")
         elif isinstance(ev, session.Done):
@@ -280,8 +282,9 @@ def _run_serve(args: argparse.Namespace, env: dict[str, str]) -> int:
         _run(serve())
     except OSError as exc:
         raise BeamError(
-            str(exc), user_message=f"Cannot listen on {settings.host}:{settings.port}: "
-            f"{exc.strerror or exc}."
+            str(exc),
+            user_message=f"Cannot listen on {settings.host}:{settings.port}: "
+            f"{exc.strerror or exc}.",
         ) from None
     return 0
 

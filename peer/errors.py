@@ -82,9 +82,7 @@ class RemoteProtocolError(BeamError):
 class IntegrityError(RemoteProtocolError):
     code = "integrity"
     exit_code = 5
-    default_message = (
-        "Data failed its integrity check; the damaged file was not saved as complete."
-    )
+    default_message = "Data failed its integrity check; the damaged file was not saved as complete."
 
 
 class UnsafeManifestError(RemoteProtocolError):

@@ -174,8 +174,11 @@ def _identity(manifest: Manifest) -> str:
 
 def _disk_error(exc: OSError, where: str) -> BeamError:
     if exc.errno in _DISK_ERRNOS:
-        return DiskFull(str(exc), user_message=f"The disk is full while writing to {where}. "
-                        "Verified data was kept; free some space and run the same command again.")
+        return DiskFull(
+            str(exc),
+            user_message=f"The disk is full while writing to {where}. "
+            "Verified data was kept; free some space and run the same command again.",
+        )
     return LocalFileError(str(exc), user_message=f"Cannot write to {where}: {exc.strerror or exc}.")
 
 

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from aiortc import (  # type: ignore[import-untyped]
+from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
     RTCIceServer,
@@ -92,12 +92,12 @@ class RtcLink:
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         return str(self.pc.localDescription.sdp)
 
-    async def wait_open(self, timeout: float) -> None:
+    async def wait_open(self, within: float) -> None:
         """Wait until the data channel is open; NoPathError when ICE/DTLS cannot connect."""
         waiter = asyncio.ensure_future(self._open.wait())
         dead = asyncio.ensure_future(self._dead.wait())
         try:
-            done, _ = await asyncio.wait({waiter, dead}, timeout=timeout, return_when="FIRST_COMPLETED")
+            await asyncio.wait({waiter, dead}, timeout=within, return_when="FIRST_COMPLETED")
         finally:
             waiter.cancel()
             dead.cancel()
@@ -137,9 +137,12 @@ class RtcLink:
 
     @property
     def via(self) -> str:
-        """"turn" when the selected ICE pair uses a relay candidate, else "direct"."""
+        """ "turn" when the selected ICE pair uses a relay candidate, else "direct"."""
+        sctp = self.pc.sctp
+        if sctp is None:
+            return "direct"
         try:
-            conn = self.pc.sctp.transport.transport._connection
+            conn = sctp.transport.transport._connection
             for pair in conn._nominated.values():
                 if "relay" in (pair.local_candidate.type, pair.remote_candidate.type):
                     return "turn"
@@ -180,13 +183,14 @@ class RtcLink:
         assert isinstance(item, bytes)
         return item
 
-    async def flush_and_close(self, timeout: float = 5.0) -> None:
+    async def flush_and_close(self, within: float = 5.0) -> None:
         """Wait (bounded) until everything queued was handed to the network, then close."""
         ch = self._channel
         if ch is not None and not self._dead.is_set():
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
-            while ch.bufferedAmount > 0 and loop.time() < deadline and not self._dead.is_set():
+            deadline = loop.time() + within
+            # no event fires at 'fully drained', so poll briefly
+            while ch.bufferedAmount > 0 and loop.time() < deadline and not self._dead.is_set():  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
         await self.close()
 

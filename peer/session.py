@@ -178,9 +178,7 @@ def _signal_error(exc: SignalingError, server: str) -> BeamError:
     if code == "crowded":
         return UnknownCodeError("crowded", user_message="This code is already in use by others.")
     if code in ("peer-gone", "disconnected") or code.startswith("peer-closed"):
-        return PeerGone(
-            code, user_message="The other side left before the transfer could start."
-        )
+        return PeerGone(code, user_message="The other side left before the transfer could start.")
     cls = _SIGNAL_CODES.get(code)
     if cls is not None:
         return cls(code)
@@ -304,9 +302,7 @@ async def send(
             link_secret = secrets.token_bytes(32)
             on_event(CodeReady(full_code, _link_url(settings.server, nameplate, link_secret)))
             await client.wait_peer(timeout=settings.wait_timeout)
-            hs = Handshake(
-                Role.SENDER, code=full_code, link_secret=link_secret, entropy=os.urandom
-            )
+            hs = Handshake(Role.SENDER, code=full_code, link_secret=link_secret, entropy=os.urandom)
             pairing = _Pairing(client, hs, settings)
             paired = await pairing.run()
             on_event(Paired_(paired.mode))
@@ -364,9 +360,9 @@ def _build_manifest(sources: Sequence[SourceFile]) -> Manifest:
     return Manifest(files=files, summary=summary)
 
 
-async def _recv(link: RtcLink, timeout: float | None) -> bytes:
+async def _recv(link: RtcLink, idle: float | None) -> bytes:
     try:
-        return await asyncio.wait_for(link.recv(), timeout)
+        return await asyncio.wait_for(link.recv(), idle)
     except TimeoutError:
         raise TransferTimeout("idle") from None
 

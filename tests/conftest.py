@@ -51,7 +51,9 @@ def start_server(extra_args: list[str] | None = None) -> Server:
     line = proc.stdout.readline()
     if "http://" not in line:
         proc.kill()
-        raise AssertionError(f"server did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
+        raise AssertionError(
+            f"server did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}"
+        )
     url = line.split("http://", 1)[1].split()[0]
     return Server(url=f"http://{url}", proc=proc)
 
@@ -87,7 +89,7 @@ class Peer:
             line = self.proc.stdout.readline()
             if not line:
                 break
-            ev = json.loads(line)
+            ev: dict[str, Any] = json.loads(line)
             self.events.append(ev)
             if ev["event"] == name:
                 return ev

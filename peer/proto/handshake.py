@@ -26,8 +26,8 @@ from nacl.bindings import (
     crypto_aead_xchacha20poly1305_ietf_encrypt,
 )
 from nacl.exceptions import CryptoError
-from spake2 import SPAKE2_Symmetric  # type: ignore[import-untyped]
-from spake2.spake2 import SPAKEError  # type: ignore[import-untyped]
+from spake2 import SPAKE2_Symmetric
+from spake2.spake2 import SPAKEError
 
 from peer.errors import (
     BeamError,

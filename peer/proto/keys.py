@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nacl.hash import blake2b
 from nacl.encoding import RawEncoder
+from nacl.hash import blake2b
 
 __all__ = ["SECRET_SIZE", "PairingKeys", "SessionKeys", "kdf"]
 

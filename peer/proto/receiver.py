@@ -176,7 +176,9 @@ class Receiver:
         self._resume = resume
         self._hashes = hashes
         self._granted = self._window
-        self._control(RecordType.ACCEPT, json.dumps({"resume": resume, "credit": self._granted}).encode())
+        self._control(
+            RecordType.ACCEPT, json.dumps({"resume": resume, "credit": self._granted}).encode()
+        )
         self._set(ReceiverState.RECEIVING)
         self._file, self._chunk = 0, 0
         if files:
@@ -232,7 +234,12 @@ class Receiver:
         if hdr.type is RecordType.CHUNK:
             self._on_chunk(data, hdr)
             return
-        if hdr.type in (RecordType.ACCEPT, RecordType.DECLINE, RecordType.CREDIT, RecordType.RECEIPT):
+        if hdr.type in (
+            RecordType.ACCEPT,
+            RecordType.DECLINE,
+            RecordType.CREDIT,
+            RecordType.RECEIPT,
+        ):
             raise RemoteProtocolError(f"sender sent a {hdr.type.name} record")
         if hdr.index != self._peer_seq:
             raise IntegrityError(f"control record out of sequence ({hdr.index})")
@@ -336,9 +343,7 @@ class Receiver:
 
     def _control(self, rtype: RecordType, body: bytes) -> None:
         self._out.append(
-            seal_record(
-                self._keys.ctrl_r2s, self._keys.transfer_id, rtype, body, index=self._seq
-            )
+            seal_record(self._keys.ctrl_r2s, self._keys.transfer_id, rtype, body, index=self._seq)
         )
         self._seq += 1
 

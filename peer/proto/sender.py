@@ -27,6 +27,7 @@ from peer.proto.common import Failed, json_body, remote_error
 from peer.proto.keys import SessionKeys
 from peer.proto.manifest import Manifest, encode_manifest
 from peer.proto.records import (
+    CONTROL_FILE,
     OVERHEAD,
     Flags,
     RecordType,
@@ -203,7 +204,9 @@ class Sender:
         if last:
             digest = self._hash.hexdigest()
             self._digests.append(digest)
-            self._control(RecordType.FILE_END, json.dumps({"sha256": digest}).encode(), index_file=self._file)
+            self._control(
+                RecordType.FILE_END, json.dumps({"sha256": digest}).encode(), index_file=self._file
+            )
             self._file += 1
             self._chunk = 0
             self._skip = 0
@@ -249,7 +252,12 @@ class Sender:
 
     def _dispatch(self, data: bytes) -> None:
         hdr = parse_header(data)
-        if hdr.type in (RecordType.MANIFEST, RecordType.CHUNK, RecordType.FILE_END, RecordType.CLOSE):
+        if hdr.type in (
+            RecordType.MANIFEST,
+            RecordType.CHUNK,
+            RecordType.FILE_END,
+            RecordType.CLOSE,
+        ):
             raise RemoteProtocolError(f"receiver sent a {hdr.type.name} record")
         if hdr.index != self._peer_seq:
             raise IntegrityError(f"control record out of sequence ({hdr.index})")
@@ -285,7 +293,7 @@ class Sender:
         for k, f in zip(resume, files, strict=True):
             if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= f.n_chunks(cs):
                 raise RemoteProtocolError("accept resume point out of range")
-        self._resume = list(resume)  # type: ignore[arg-type]
+        self._resume = list(resume)
         credit = doc.get("credit")
         if not isinstance(credit, int) or isinstance(credit, bool) or credit < 0:
             raise RemoteProtocolError("accept credit malformed")
@@ -315,9 +323,12 @@ class Sender:
         )
 
     def _control(
-        self, rtype: RecordType, body: bytes, flags: Flags = Flags.NONE, index_file: int | None = None
+        self,
+        rtype: RecordType,
+        body: bytes,
+        flags: Flags = Flags.NONE,
+        index_file: int = CONTROL_FILE,
     ) -> None:
-        kwargs = {} if index_file is None else {"file_ix": index_file}
         self._out.append(
             seal_record(
                 self._keys.ctrl_s2r,
@@ -326,7 +337,7 @@ class Sender:
                 body,
                 index=self._seq,
                 flags=flags,
-                **kwargs,
+                file_ix=index_file,
             )
         )
         self._seq += 1

@@ -102,12 +102,25 @@ def test_existing_file_is_never_overwritten(server: Server, tmp_path: Path) -> N
 
 @pytest.mark.parametrize(
     "hostile",
-    ["../escape.bin", "/tmp/abs.bin", "a\x1b[31mred.bin", "CON", "dir\\..\\x.bin", "x\u202egpj.exe"],
+    [
+        "../escape.bin",
+        "/tmp/abs.bin",
+        "a\x1b[31mred.bin",
+        "CON",
+        "dir\\..\\x.bin",
+        "x\u202egpj.exe",
+    ],
 )
 def test_hostile_names_are_refused(server: Server, tmp_path: Path, hostile: str) -> None:
     src = _src(tmp_path)
     evil = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests/e2e/evil_sender.py"), f"name:{hostile}", server.url, str(src)],
+        [
+            sys.executable,
+            str(ROOT / "tests/e2e/evil_sender.py"),
+            f"name:{hostile}",
+            server.url,
+            str(src),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -198,25 +211,37 @@ def test_receiver_killed_then_resume(server: Server, tmp_path: Path) -> None:
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    assert res.returncode == 0, f"cannot mount a tmpfs for the full-disk test (needs root): {res.stderr}"
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, (
+        f"cannot mount a tmpfs for the full-disk test (needs root): {res.stderr}"
+    )
     try:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_not_enough_space_is_refused_before_accepting(server: Server, tmp_path: Path, small_disk: Path) -> None:
+def test_not_enough_space_is_refused_before_accepting(
+    server: Server, tmp_path: Path, small_disk: Path
+) -> None:
     src = _src(tmp_path, 40_000_000)
     sender, code = start_send(server, [src])
     rcv = receive(server, code, small_disk / "o", "--yes")
     assert rcv.finish() == 7
-    assert rcv.event("error")["message"].startswith(f"Not enough free space in '{small_disk / 'o'}'")
+    assert rcv.event("error")["message"].startswith(
+        f"Not enough free space in '{small_disk / 'o'}'"
+    )
     assert sender.finish() == 9
     assert list((small_disk / "o").glob("*")) == []
 
 
-def test_disk_fills_during_transfer_then_resume(server: Server, tmp_path: Path, small_disk: Path) -> None:
+def test_disk_fills_during_transfer_then_resume(
+    server: Server, tmp_path: Path, small_disk: Path
+) -> None:
     src = _src(tmp_path, 25_000_000, "study.bin")
     out = small_disk / "o"
     sender, code = start_send(server, [src])

@@ -20,7 +20,9 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "CT_STUDY"
 
 
-def test_study_arrives_byte_identical_and_verified(server: Server, study: Path, tmp_path: Path) -> None:
+def test_study_arrives_byte_identical_and_verified(
+    server: Server, study: Path, tmp_path: Path
+) -> None:
     sender, code = start_send(server, [study])
     assert code.split("-")[0].isdigit() and len(code.split("-")) == 3
     url = sender.events[0]["url"]
@@ -77,12 +79,12 @@ def test_human_output_without_json(server: Server, tmp_path: Path) -> None:
     src.write_text("hello")
     sender = spawn(["send", str(src), "--server", server.url])
     assert sender.proc.stdout is not None
-    lines = []
+    lines: list[str] = []
     while not any(line.startswith("Code: ") for line in lines):
         line = sender.proc.stdout.readline()
         assert line, lines
         lines.append(line)
-    code = [ln for ln in lines if ln.startswith("Code: ")][0].split()[1]
+    code = next(ln for ln in lines if ln.startswith("Code: ")).split()[1]
     assert any("█" in ln or "▀" in ln or "▄" in ln for ln in lines), "no QR code drawn"
     rcv = spawn(["receive", code, "--server", server.url, "-o", str(tmp_path / "o"), "--yes"])
     assert rcv.finish() == 0, rcv.stderr

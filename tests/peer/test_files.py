@@ -61,7 +61,9 @@ def test_source_reader_reads_and_detects_changes(tmp_path: Path) -> None:
     (src,) = collect_sources([p])
     r = SourceReader([src])
     assert r.read(0, 0, 10) == data[:10]
-    assert r.read(0, 2 * 1024 * 1024 + 3, 1000) == data[2 * 1024 * 1024 + 3 : 2 * 1024 * 1024 + 1003]
+    assert (
+        r.read(0, 2 * 1024 * 1024 + 3, 1000) == data[2 * 1024 * 1024 + 3 : 2 * 1024 * 1024 + 1003]
+    )
     r.check_unchanged(0)
     p.write_bytes(data[:100])
     with pytest.raises(SourceError) as info:
@@ -75,7 +77,7 @@ def test_source_reader_reads_and_detects_changes(tmp_path: Path) -> None:
 def test_receive_place_and_clean_up(tmp_path: Path) -> None:
     files = {"S/a.dcm": os.urandom(5000), "S/sub/b.dcm": b"", "c.pdf": os.urandom(1024)}
     dest = Destination(tmp_path, _manifest(files))
-    resume, hashes, held = dest.preflight()
+    resume, _hashes, held = dest.preflight()
     assert resume == [0, 0, 0] and held == 0
     _receive(dest, files)
     # nothing visible under its final name before placement

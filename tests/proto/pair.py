@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from peer.proto import receiver as rx
 from peer.proto import sender as tx
@@ -56,9 +57,9 @@ class Pair:
         self.r_events: list[object] = []
         self.max_in_flight = 0
 
-    def _hashes(self) -> list[object]:
+    def _hashes(self) -> list[Any]:
         cs = self.manifest.chunk_size
-        hs = []
+        hs: list[Any] = []
         for i, k in enumerate(self.resume):
             h = hashlib.sha256(self.files[i][: k * cs])
             self.out[i] = bytearray(self.files[i][: k * cs])

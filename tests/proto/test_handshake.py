@@ -7,7 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peer.errors import IntegrityError, LocalProtocolError, RemoteProtocolError, VersionError, WrongCodeError
+from peer.errors import (
+    IntegrityError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    VersionError,
+    WrongCodeError,
+)
 from peer.proto.handshake import EnvelopeReceived, Handshake, HandshakeFailed, Paired, Role
 
 
@@ -108,8 +114,17 @@ def test_replay_is_out_of_sequence() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    ["", "[]", "{}", '{"t":"pake","m":"!!"}', '{"t":"pake","m":"AAAA"}', '{"t":"env","s":0,"c":"AA=="}',
-     '{"t":"what"}', "x" * 50_000, '{"t":"link"}'],
+    [
+        "",
+        "[]",
+        "{}",
+        '{"t":"pake","m":"!!"}',
+        '{"t":"pake","m":"AAAA"}',
+        '{"t":"env","s":0,"c":"AA=="}',
+        '{"t":"what"}',
+        "x" * 50_000,
+        '{"t":"link"}',
+    ],
 )
 def test_malformed_bodies_fail_cleanly(body: str) -> None:
     r = Handshake(Role.RECEIVER, code="7-adroitness-aftermath", entropy=os.urandom)

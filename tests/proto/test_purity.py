@@ -5,8 +5,22 @@ from __future__ import annotations
 import subprocess
 import sys
 
-FORBIDDEN = ("asyncio", "socket", "ssl", "selectors", "aiortc", "aioice", "websockets",
-             "textual", "uvloop", "signaling", "relay", "tui", "http", "urllib")
+FORBIDDEN = (
+    "asyncio",
+    "socket",
+    "ssl",
+    "selectors",
+    "aiortc",
+    "aioice",
+    "websockets",
+    "textual",
+    "uvloop",
+    "signaling",
+    "relay",
+    "tui",
+    "http",
+    "urllib",
+)
 
 
 def test_core_imports_no_io_library() -> None:

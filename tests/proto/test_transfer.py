@@ -79,7 +79,7 @@ def test_resume_sends_only_missing_chunks() -> None:
     assert p.received() == p.files
     chunks = [e for e in p.r_events if isinstance(e, rx.ChunkReceived)]
     assert [c.chunk_ix for c in chunks] == [6, 7, 8, 9, 10]
-    assert [e for e in p.s_events if isinstance(e, tx.Accepted)][0].resume_bytes == 6 * 1024 + 300
+    assert next(e for e in p.s_events if isinstance(e, tx.Accepted)).resume_bytes == 6 * 1024 + 300
 
 
 def test_declined() -> None:
@@ -150,7 +150,7 @@ def _reorder(batch: list[bytes]) -> list[bytes]:
 
 
 def test_reordered_records_fail() -> None:
-    state = {"held": None}
+    state: dict[str, bytes | None] = {"held": None}
 
     def swap(batch: list[bytes]) -> list[bytes]:
         out = []
