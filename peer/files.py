@@ -135,6 +135,15 @@ class SourceReader:
         start = offset - self._buf_off
         return self._buf[start : start + length]
 
+    def cached(self, file_ix: int, offset: int, length: int) -> bytes | None:
+        """The bytes if they are in the current read-ahead block (no I/O), else None."""
+        if file_ix != self._ix or not (
+            self._buf_off <= offset and offset + length <= self._buf_off + len(self._buf)
+        ):
+            return None
+        start = offset - self._buf_off
+        return self._buf[start : start + length]
+
     def check_unchanged(self, file_ix: int) -> None:
         f = self._files[file_ix]
         try:

@@ -361,6 +361,9 @@ def _build_manifest(sources: Sequence[SourceFile]) -> Manifest:
 
 
 async def _recv(link: RtcLink, idle: float | None) -> bytes:
+    data = link.recv_nowait()  # fast path: no timer or task per message
+    if data is not None:
+        return data
     try:
         return await asyncio.wait_for(link.recv(), idle)
     except TimeoutError:
@@ -424,9 +427,11 @@ async def _send_over(
                 waiter.cancel()
                 continue
             try:
-                data = await loop.run_in_executor(
-                    None, reader.read, req.file_ix, req.offset, req.length
-                )
+                data = reader.cached(req.file_ix, req.offset, req.length)
+                if data is None:  # read the next block off the event loop
+                    data = await loop.run_in_executor(
+                        None, reader.read, req.file_ix, req.offset, req.length
+                    )
                 if req.chunk_ix == manifest.files[req.file_ix].n_chunks(manifest.chunk_size) - 1:
                     reader.check_unchanged(req.file_ix)
             except BeamError as exc:

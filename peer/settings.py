@@ -25,7 +25,7 @@ class Settings:
     connect_timeout: float = 30.0  # ICE + DTLS + SCTP until the data channel opens
     idle_timeout: float = 60.0  # no record from the peer for this long: give up
     buffered_high: int = 1 << 20  # data-channel high-water mark, bytes
-    window: int = 64  # receive window, chunks (credit granted ahead of writes)
+    window: int = 128  # receive window, chunks (credit granted ahead of writes)
     compress: bool = True
 
     @classmethod

@@ -39,13 +39,13 @@ class Server:
     proc: subprocess.Popen[str]
 
 
-def start_server(extra_args: list[str] | None = None) -> Server:
+def start_server(extra_args: list[str] | None = None, **env: str) -> Server:
     proc = subprocess.Popen(
         [sys.executable, "-m", "peer.cli", "serve", "--port", "0", *(extra_args or [])],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=cli_env(),
+        env=cli_env(**env),
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -58,20 +58,24 @@ def start_server(extra_args: list[str] | None = None) -> Server:
     return Server(url=f"http://{url}", proc=proc)
 
 
+def stop_server(srv: Server) -> None:
+    srv.proc.terminate()
+    try:
+        srv.proc.wait(timeout(10))
+    except subprocess.TimeoutExpired:
+        srv.proc.kill()
+    assert srv.proc.stdout is not None and srv.proc.stderr is not None
+    srv.proc.stdout.close()
+    srv.proc.stderr.close()
+
+
 @pytest.fixture
 def server() -> Iterator[Server]:
     srv = start_server()
     try:
         yield srv
     finally:
-        srv.proc.terminate()
-        try:
-            srv.proc.wait(timeout(10))
-        except subprocess.TimeoutExpired:
-            srv.proc.kill()
-        assert srv.proc.stdout is not None and srv.proc.stderr is not None
-        srv.proc.stdout.close()
-        srv.proc.stderr.close()
+        stop_server(srv)
 
 
 @dataclass

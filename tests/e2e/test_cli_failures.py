@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,7 +14,19 @@ import pytest
 
 from peer.proto.wordlist import ODD
 
-from ..conftest import ROOT, Peer, Server, cli_env, receive, sha_tree, spawn, start_send, timeout
+from ..conftest import (
+    ROOT,
+    Peer,
+    Server,
+    cli_env,
+    receive,
+    sha_tree,
+    spawn,
+    start_send,
+    start_server,
+    stop_server,
+    timeout,
+)
 
 
 def _error_line(peer: Peer) -> str:
@@ -267,3 +280,39 @@ def test_disk_fills_during_transfer_then_resume(
     assert sender2.finish() == 0
     assert (out / "study.bin").read_bytes() == src.read_bytes()
     assert sha_tree(out) == {"study.bin": sha_tree(src.parent)["study.bin"]}
+
+
+def test_code_expires_when_nobody_joins(tmp_path: Path) -> None:
+    srv = start_server(SCANBEAM_NAMEPLATE_TTL="1.5", SCANBEAM_PRUNE_INTERVAL="0.2")
+    try:
+        sender, code = start_send(srv, [_src(tmp_path)])
+        assert sender.finish(30) == 3
+        assert sender.event("error")["message"] == (
+            "Nobody used the code before it expired. Start a new send."
+        )
+        late = spawn(["receive", code, "--server", srv.url, "--yes"])
+        assert late.finish() == 3
+        assert "unknown, expired or already used" in _error_line(late)
+    finally:
+        stop_server(srv)
+
+
+def test_ctrl_c_keeps_verified_data_and_resumes(server: Server, tmp_path: Path) -> None:
+    src = _src(tmp_path, 60_000_000, "big.bin")
+    out = tmp_path / "o"
+    sender, code = start_send(server, [src])
+    rcv = receive(server, code, out, "--yes")
+    while rcv.next_event("progress", 60)["bytes"] < 10_000_000:
+        pass
+    rcv.proc.send_signal(signal.SIGINT)
+    assert rcv.finish() == 6
+    assert rcv.event("error")["message"] == "Cancelled. Verified data was kept for a resume."
+    assert "Traceback" not in rcv.stderr
+    assert sender.finish(90) in (4, 9)
+    assert not (out / "big.bin").exists()
+    sender2, code2 = start_send(server, [src])
+    rcv2 = receive(server, code2, out, "--yes")
+    assert rcv2.finish() == 0, rcv2.stderr
+    assert sender2.finish() == 0
+    assert rcv2.event("offer")["held"] >= 10_000_000 - 65472
+    assert (out / "big.bin").read_bytes() == src.read_bytes()
