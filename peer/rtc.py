@@ -36,19 +36,7 @@ class Channel(Protocol):
 
     def send(self, data: bytes) -> None: ...
     async def drain(self) -> None: ...
-    def recv_nowait(self) -> bytes | None:
-        """The next message if one is queued, else None (raises like :meth:`recv`)."""
-        if self._queue.empty():
-            return None
-        item = self._queue.get_nowait()
-        if item is _CLOSED:
-            self._queue.put_nowait(_CLOSED)
-            raise PeerGone("channel closed")
-        if isinstance(item, Exception):
-            raise item
-        assert isinstance(item, bytes)
-        return item
-
+    def recv_nowait(self) -> bytes | None: ...
     async def recv(self) -> bytes: ...
     async def close(self) -> None: ...
 
@@ -185,6 +173,19 @@ class RtcLink:
                 ch.once("bufferedamountlow", low.set)
         if self._dead.is_set():
             raise PeerGone("channel closed while sending")
+
+    def recv_nowait(self) -> bytes | None:
+        """The next message if one is queued, else None (raises like :meth:`recv`)."""
+        if self._queue.empty():
+            return None
+        item = self._queue.get_nowait()
+        if item is _CLOSED:
+            self._queue.put_nowait(_CLOSED)
+            raise PeerGone("channel closed")
+        if isinstance(item, Exception):
+            raise item
+        assert isinstance(item, bytes)
+        return item
 
     def recv_nowait(self) -> bytes | None:
         """The next message if one is queued, else None (raises like :meth:`recv`)."""
