@@ -187,19 +187,6 @@ class RtcLink:
         assert isinstance(item, bytes)
         return item
 
-    def recv_nowait(self) -> bytes | None:
-        """The next message if one is queued, else None (raises like :meth:`recv`)."""
-        if self._queue.empty():
-            return None
-        item = self._queue.get_nowait()
-        if item is _CLOSED:
-            self._queue.put_nowait(_CLOSED)
-            raise PeerGone("channel closed")
-        if isinstance(item, Exception):
-            raise item
-        assert isinstance(item, bytes)
-        return item
-
     async def recv(self) -> bytes:
         item = await self._queue.get()
         if item is _CLOSED:
