@@ -304,8 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if not args.verbose:
-        for noisy in ("aioice", "aiortc", "websockets"):
+        for noisy in ("aioice", "aiortc", "websockets", "asyncio"):
             logging.getLogger(noisy).setLevel(logging.CRITICAL)
+        # the signaling library logger is pinned at INFO (never DEBUG: frames hold bodies)
+        logging.getLogger("scanbeam.signaling.websockets").setLevel(logging.WARNING)
     out = _Out(getattr(args, "json", False))
     started = time.monotonic()
     try:
