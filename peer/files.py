@@ -37,6 +37,7 @@ __all__ = ["Destination", "SourceFile", "SourceReader", "collect_sources"]
 
 STAGING = ".scanbeam-partial"
 CHECKPOINT_BYTES = 16 * 1024 * 1024
+MAX_PENDING = 256  # verified files awaiting one batched fsync
 FREE_MARGIN = 16 * 1024 * 1024
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
@@ -204,6 +205,7 @@ class Destination:
         self._fd_ix = -1
         self._unsynced = 0
         self._written: dict[int, int] = {}
+        self._pending: dict[int, int] = {}  # verified files not yet fsynced: index -> fd
 
     # before accepting
 
@@ -352,17 +354,31 @@ class Destination:
         self._unsynced += len(data)
 
     def needs_checkpoint(self) -> bool:
-        return self._unsynced >= CHECKPOINT_BYTES
+        return self._unsynced >= CHECKPOINT_BYTES or len(self._pending) >= MAX_PENDING
 
     def checkpoint(self) -> None:
         """fsync what was written and record it in state.json (blocking: run in a thread)."""
-        ix, fd = self._fd_ix, self._fd
-        if ix < 0:
-            return
-        count = self._state["chunks"].get(str(ix), 0) + self._written.pop(ix, 0)
+        if self._fd < 0 and not self._pending:
+            return  # nothing written since the last checkpoint
         try:
-            os.fsync(fd)
-            self._state["chunks"][str(ix)] = count
+            for fd in self._pending.values():
+                os.fsync(fd)
+            if self._fd >= 0:
+                os.fsync(self._fd)
+        except OSError as exc:
+            raise _disk_error(exc, str(self.root)) from None
+        cs = self.manifest.chunk_size
+        for ix, fd in self._pending.items():
+            os.close(fd)
+            self._state["chunks"][str(ix)] = self.manifest.files[ix].n_chunks(cs)
+        self._pending.clear()
+        if self._fd_ix >= 0:
+            ix = self._fd_ix
+            self._state["chunks"][str(ix)] = self._state["chunks"].get(
+                str(ix), 0
+            ) + self._written.pop(ix, 0)
+            self._written[ix] = 0
+        try:
             self._save_state()
         except OSError as exc:
             raise _disk_error(exc, str(self.root)) from None
@@ -382,16 +398,15 @@ class Destination:
         self._written[file_ix] = 0
 
     def file_verified(self, file_ix: int) -> None:
-        """The file's SHA-256 matched: make it durable (blocking: run in a thread)."""
+        """The file's SHA-256 matched. It becomes durable at the next checkpoint (fsync is
+        batched: one per file would make thousands of small files slow)."""
         if file_ix in self._state["placed"]:
             return
-        if file_ix != self._fd_ix:  # wholly resumed or empty and never opened
+        if file_ix != self._fd_ix:  # wholly resumed, or empty and never opened
             self._open_staged(file_ix, self.manifest.files[file_ix].size)
-        self.checkpoint()
-        self._state["chunks"][str(file_ix)] = self.manifest.files[file_ix].n_chunks(
-            self.manifest.chunk_size
-        )
-        self._close_fd()
+        self._pending[file_ix] = self._fd
+        self._written.pop(file_ix, None)
+        self._fd, self._fd_ix = -1, -1
 
     def place_all(self) -> list[Path]:
         """Link every verified file to its final name, never overwriting anything.
@@ -399,6 +414,7 @@ class Destination:
         Folders are created and opened one level at a time relative to the previous one
         with O_NOFOLLOW, so a symlink planted anywhere on the way is never followed.
         """
+        self.checkpoint()
         self._close_fd()
         placed = set(self._state["placed"])
         out = []
@@ -460,9 +476,12 @@ class Destination:
     def save(self) -> None:
         """Persist the resume state after a failure (best effort)."""
         with contextlib.suppress(BeamError, OSError):
-            if self._fd_ix >= 0:
-                self.checkpoint()
+            self.checkpoint()
         self._close_fd()
+        for fd in self._pending.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._pending.clear()
 
     def _save_state(self) -> None:
         self.staging.mkdir(parents=True, exist_ok=True, mode=0o700)

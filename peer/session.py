@@ -450,6 +450,8 @@ async def _send_over(
             progress.add(0, force=True)
         await link.flush_and_close()
     except PeerGone:
+        if machine.state is tx.SenderState.FAILED and machine.error is not None:
+            raise machine.error from None  # the receiver said why before it closed
         if machine.state is tx.SenderState.AWAITING_RECEIPT:
             raise PeerGone(
                 "no receipt",
@@ -564,6 +566,8 @@ async def _receive_over(
             except PeerGone:
                 if finished:
                     break  # the receipt went out; the files are verified and in place
+                if machine.state is rx.ReceiverState.FAILED and machine.error is not None:
+                    raise machine.error from None  # the sender said why before it closed
                 raise
             machine.receive_message(data)
             for ev in machine.events_received():
@@ -606,7 +610,9 @@ async def _receive_over(
                     progress.add(len(ev.data))
                 elif isinstance(ev, rx.FileVerified):
                     assert dest is not None
-                    await loop.run_in_executor(None, dest.file_verified, ev.file_ix)
+                    dest.file_verified(ev.file_ix)
+                    if dest.needs_checkpoint():
+                        await loop.run_in_executor(None, dest.checkpoint)
                 elif isinstance(ev, rx.AllVerified):
                     assert dest is not None
                     await loop.run_in_executor(None, dest.place_all)

@@ -118,6 +118,8 @@ class Handshake:
             raise LocalProtocolError("need a code or a link secret")
         if role is Role.RECEIVER and code is not None and link_secret is not None:
             raise LocalProtocolError("a receiver pairs by code or by link, not both")
+        if role is Role.SENDER and code is None:
+            raise LocalProtocolError("a sender needs a code (the link secret is optional)")
         self.role = role
         self._code = code
         self._link = link_secret
@@ -151,7 +153,7 @@ class Handshake:
                 self._code.encode("utf-8"), idSymmetric=PAKE_ID, entropy_f=self._entropy
             )
             self._emit({"t": "pake", "m": _b64e(self._spake.start())})
-        elif self._link is not None:  # receiver by link
+        else:  # receiver by link (a sender always has a code)
             self._emit({"t": "link"})
             self._set_keys(self._link_keys(), "link")
             self._send_hello()

@@ -115,11 +115,8 @@ def _clean_summary(value: Any, depth: int = 0) -> Any:
         return clean_text(value)
     if isinstance(value, list):
         return [_clean_summary(v, depth + 1) for v in value[:1000]]
-    if isinstance(value, dict):
-        return {
-            clean_text(k, 64): _clean_summary(v, depth + 1) for k, v in list(value.items())[:100]
-        }
-    return None
+    # ``value`` comes from json.loads, so what is left is a dict with str keys
+    return {clean_text(k, 64): _clean_summary(v, depth + 1) for k, v in list(value.items())[:100]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,17 +170,18 @@ def decode_manifest(
         RemoteProtocolError: malformed data.
     """
     try:
-        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=max_json)
-    except zstandard.ZstdError as exc:
-        if "size" in str(exc).lower() or "output" in str(exc).lower():
-            raise UnsafeManifestError(
-                "manifest too large", user_message="Refused the offer: its file list is too large."
-            ) from None
-        raise RemoteProtocolError(f"manifest does not decompress: {exc}") from None
-    if len(raw) > max_json:
+        declared = zstandard.frame_content_size(data)  # -1: the frame does not say
+    except zstandard.ZstdError:
+        raise RemoteProtocolError("manifest is not a zstd frame") from None
+    # max_output_size only bounds frames of unknown size; a declared size is allocated as is
+    if declared > max_json:
         raise UnsafeManifestError(
             "manifest too large", user_message="Refused the offer: its file list is too large."
         )
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=max_json)
+    except zstandard.ZstdError as exc:
+        raise RemoteProtocolError(f"manifest does not decompress: {exc}") from None
     try:
         doc = json.loads(raw)
     except ValueError:

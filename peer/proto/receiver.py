@@ -139,6 +139,7 @@ class Receiver:
         self._received = 0  # CHUNK records received this session
         self._released = 0
         self._granted = 0
+        self._receipt_sent = False
         self._decompress = zstandard.ZstdDecompressor()
         self._out: list[bytes] = []
         self._events: list[Event] = []
@@ -212,6 +213,7 @@ class Receiver:
             "bytes": self.manifest.total_bytes,
         }
         self._control(RecordType.RECEIPT, json.dumps(receipt).encode())
+        self._receipt_sent = True
 
     def fail(self, error: BeamError) -> None:
         """Stop because of a local failure; tells the sender with an ERROR record."""
@@ -252,7 +254,7 @@ class Receiver:
         elif hdr.type is RecordType.FILE_END:
             self._on_file_end(body, hdr.file_ix)
         else:  # CLOSE
-            if self.state is not ReceiverState.VERIFIED:
+            if not self._receipt_sent:  # only ever set in VERIFIED, by finish()
                 raise RemoteProtocolError("close before the receipt")
             self._set(ReceiverState.DONE)
             self._events.append(Closed())
@@ -300,6 +302,10 @@ class Receiver:
         expected = self.manifest.chunk_length(self._file, self._chunk)
         if hdr.flags & Flags.COMPRESSED:
             try:
+                # max_output_size does not bound a frame that declares its size: check it first
+                declared = zstandard.frame_content_size(body)
+                if declared not in (-1, expected):
+                    raise IntegrityError(f"chunk declares length {declared}, expected {expected}")
                 body = self._decompress.decompress(body, max_output_size=expected)
             except zstandard.ZstdError:
                 raise IntegrityError("chunk does not decompress") from None

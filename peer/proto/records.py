@@ -68,7 +68,8 @@ class Flags(enum.IntFlag):
     COMPRESSED = 2
 
 
-_KNOWN_FLAGS = Flags.LAST | Flags.COMPRESSED
+# a plain int: since Python 3.11, ~ on a Flag only inverts within its members (~3 == 0)
+_KNOWN_FLAGS = int(Flags.LAST | Flags.COMPRESSED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -298,7 +298,7 @@ def test_code_expires_when_nobody_joins(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_keeps_verified_data_and_resumes(server: Server, tmp_path: Path) -> None:
-    src = _src(tmp_path, 60_000_000, "big.bin")
+    src = _src(tmp_path, 150_000_000, "big.bin")
     out = tmp_path / "o"
     sender, code = start_send(server, [src])
     rcv = receive(server, code, out, "--yes")
