@@ -64,7 +64,35 @@ def _build_parser() -> argparse.ArgumentParser:
     rc.add_argument("-o", "--output", type=Path, default=Path("."), help="destination folder")
     rc.add_argument("--yes", "-y", action="store_true", help="accept without asking")
     net(rc)
+    lg = sub.add_parser("log", help="show the disclosure log: what was sent, to whom, how")
+    lg.add_argument("--csv", action="store_true", help="CSV instead of a table")
+    lg.add_argument("--json", action="store_true", help="one JSON object per line")
     return p
+
+
+def _run_log(args: argparse.Namespace, settings: Settings) -> int:
+    from peer.state import LocalState
+
+    state = LocalState(settings.home)
+    rows = state.disclosures()
+    if args.csv:
+        sys.stdout.write(state.as_csv(rows))
+        return 0
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    if not rows:
+        print(f"No transfers recorded yet ({state.log_path}).")
+        return 0
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.get("time", 0)))
+        studies = ", ".join(r.get("study_uids") or []) or "-"
+        print(
+            f"{when}  {r.get('how', ''):6} {r.get('to', ''):28} {r.get('outcome', ''):16} "
+            f"{r.get('files', 0)} files {human_bytes(int(r.get('bytes', 0)))}  study {studies}"
+        )
+    return 0
 
 
 class _Out:
@@ -313,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _run_serve(args, env)
+        if args.command == "log":
+            return _run_log(args, Settings.load(env, {}))
         settings = _settings(args, env)
         runner: Callable[[argparse.Namespace, Settings, _Out], int] = (
             _run_send if args.command == "send" else _run_receive

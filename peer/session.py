@@ -41,6 +41,7 @@ from peer.proto.manifest import FileEntry, Manifest
 from peer.proto.wordlist import EVEN, ODD
 from peer.rtc import RtcLink, ice_servers
 from peer.settings import Settings
+from peer.state import Disclosure, LocalState, digest_of, study_uids
 from signaling.client import SignalingClient, SignalingError
 
 __all__ = [
@@ -326,12 +327,48 @@ async def send(
             with contextlib.suppress(SignalingError):
                 await client.close("happy")
             on_event(Connected(link.via))
-            return await _send_over(link, paired, manifest, sources, settings, on_event)
+            try:
+                done = await _send_over(link, paired, manifest, sources, settings, on_event)
+            except BeamError as exc:
+                _disclose(settings, manifest, link.via, f"code {nameplate}", exc, ())
+                raise
+            _disclose(settings, manifest, done.via, f"code {nameplate}", None, done.digests)
+            return done
         finally:
             await link.close()
     finally:
         with contextlib.suppress(Exception):
             await client.close("error")
+
+
+def _disclose(
+    settings: Settings,
+    manifest: Manifest,
+    how: str,
+    to: str,
+    error: BeamError | None,
+    digests: Sequence[str],
+    *,
+    expires: float | None = None,
+    outcome: str | None = None,
+) -> None:
+    """Append to the sender's disclosure log (what, to whom, how, outcome)."""
+    if outcome is None:
+        outcome = "delivered" if error is None else f"failed: {error.code}"
+    LocalState(settings.home).record(
+        Disclosure(
+            time=time.time(),
+            how=how,
+            to=to,
+            outcome=outcome,
+            files=len(manifest.files),
+            bytes=manifest.total_bytes,
+            study_uids=study_uids(manifest.summary),
+            sha256_list_digest=digest_of(digests) if digests else "",
+            expires=expires,
+            server=settings.server,
+        )
+    )
 
 
 async def _open(link: RtcLink, settings: Settings) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = ["DEFAULT_SERVER", "Settings"]
 
@@ -27,6 +28,7 @@ class Settings:
     buffered_high: int = 1 << 20  # data-channel high-water mark, bytes
     window: int = 128  # receive window, chunks (credit granted ahead of writes)
     compress: bool = True
+    home: Path = Path(".scanbeam")  # local state (drops, disclosure log); see load()
 
     @classmethod
     def load(cls, env: Mapping[str, str], overrides: Mapping[str, object]) -> Settings:
@@ -42,6 +44,12 @@ class Settings:
             values["turn_user"] = env["SCANBEAM_TURN_USER"]
         if env.get("SCANBEAM_TURN_PASSWORD"):
             values["turn_password"] = env["SCANBEAM_TURN_PASSWORD"]
+        if env.get("SCANBEAM_HOME"):
+            values["home"] = Path(env["SCANBEAM_HOME"])
+        elif env.get("XDG_DATA_HOME"):
+            values["home"] = Path(env["XDG_DATA_HOME"]) / "scanbeam"
+        elif env.get("HOME"):
+            values["home"] = Path(env["HOME"]) / ".local" / "share" / "scanbeam"
         names = {f.name for f in dataclasses.fields(cls)}
         for key, value in overrides.items():
             if value is not None and key in names:

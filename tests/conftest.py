@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,9 +27,13 @@ def timeout(seconds: float) -> float:
     return seconds * FACTOR
 
 
+_HOME = tempfile.mkdtemp(prefix="scanbeam-test-home-")
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCANBEAM_")}
     env["PYTHONPATH"] = str(ROOT)
+    env["SCANBEAM_HOME"] = _HOME
     env.update(extra)
     return env
 

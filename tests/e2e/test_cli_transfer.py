@@ -10,7 +10,7 @@ import pytest
 
 from peer.dicom.synth import write_study
 
-from ..conftest import Server, receive, sha_tree, spawn, start_send
+from ..conftest import Server, cli_env, receive, sha_tree, spawn, start_send
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +93,26 @@ def test_human_output_without_json(server: Server, tmp_path: Path) -> None:
     assert "every file verified" in rcv.stdout.splitlines()[-1]
     assert "confirmed every file's SHA-256" in sender.stdout.splitlines()[-1]
     assert (tmp_path / "o" / "a.txt").read_text() == "hello"
+
+
+def test_disclosure_log_records_direct_sends(server: Server, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = cli_env(SCANBEAM_HOME=str(home))
+    study = tmp_path / "S"
+    write_study(study, target_bytes=1_000_000, series=2, seed=3, rows=64, cols=64)
+    sender = spawn(["send", str(study), "--server", server.url, "--json"], env)
+    code = sender.next_event("code")["code"]
+    rcv = receive(server, code, tmp_path / "o", "--yes")
+    assert rcv.finish() == 0 and sender.finish() == 0
+    log = spawn(["log", "--json"], env)
+    assert log.finish() == 0
+    (entry,) = log.events
+    assert entry["how"] == "direct" and entry["outcome"] == "delivered"
+    assert entry["to"] == f"code {code.split('-')[0]}"
+    assert entry["files"] == len(sha_tree(study))
+    assert len(entry["study_uids"]) == 1 and entry["study_uids"][0].startswith("1.2.")
+    assert len(entry["sha256_list_digest"]) == 64
+    csv_out = spawn(["log", "--csv"], env)
+    assert csv_out.finish() == 0
+    assert csv_out.stdout.splitlines()[0].startswith("time,how,to,outcome")
+    assert code.split("-")[0] in csv_out.stdout
