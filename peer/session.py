@@ -609,6 +609,8 @@ async def _receive_over(
             machine.receive_message(data)
             for ev in machine.events_received():
                 if isinstance(ev, rx.Offered):
+                    if machine.state is not rx.ReceiverState.OFFERED:
+                        continue
                     dest = Destination(root, ev.manifest)
                     try:
                         resume, hashes, held = await loop.run_in_executor(None, dest.preflight)
@@ -652,6 +654,8 @@ async def _receive_over(
                         await loop.run_in_executor(None, dest.checkpoint)
                 elif isinstance(ev, rx.AllVerified):
                     assert dest is not None
+                    if machine.state is not rx.ReceiverState.VERIFIED:
+                        continue  # a failure in the same batch follows; it is handled below
                     await loop.run_in_executor(None, dest.place_all)
                     machine.finish()
                     finished = True
