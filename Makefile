@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup demo test lint typecheck coverage unit bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 python3-venv; }
@@ -26,10 +26,14 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy peer signaling relay tui tests bench
 
+coverage: setup
+	$(BIN)/python -m pytest tests/proto -q --cov=peer/proto --cov-branch \
+		--cov-report=term-missing:skip-covered --cov-fail-under=100
+
 unit: setup
 	$(BIN)/python -m pytest
 
-test: lint typecheck unit
+test: lint typecheck coverage unit
 
 bench: setup
 	$(BIN)/python bench/transfer.py
