@@ -241,6 +241,7 @@ class Receiver:
             RecordType.DECLINE,
             RecordType.CREDIT,
             RecordType.RECEIPT,
+            RecordType.INDEX,
         ):
             raise RemoteProtocolError(f"sender sent a {hdr.type.name} record")
         if hdr.index != self._peer_seq:

@@ -60,6 +60,7 @@ class RecordType(enum.IntEnum):
     RECEIPT = 7  # receiver: JSON {"files": [{"sha256": hex}], "bytes": n}
     ERROR = 8  # either: JSON {"code": str}
     CLOSE = 9  # sender: empty body, after a good receipt
+    INDEX = 10  # relay drops only: the blob's record index (docs/relay-draft.md)
 
 
 class Flags(enum.IntFlag):

@@ -257,6 +257,7 @@ class Sender:
             RecordType.CHUNK,
             RecordType.FILE_END,
             RecordType.CLOSE,
+            RecordType.INDEX,
         ):
             raise RemoteProtocolError(f"receiver sent a {hdr.type.name} record")
         if hdr.index != self._peer_seq:
