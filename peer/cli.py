@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -26,6 +27,25 @@ from peer.settings import DEFAULT_SERVER, Settings
 from peer.units import human_bytes, human_duration, human_rate
 
 __all__ = ["main"]
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(text: str) -> float:
+    """``90``, ``90s``, ``2m``, ``12h``, ``7d`` → seconds."""
+    t = text.strip().lower()
+    unit = _UNITS.get(t[-1:], None)
+    num = t[:-1] if unit is not None else t
+    try:
+        value = float(num) * (unit or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (use 30s, 2m, 12h, 7d)"
+        ) from None
+    if not 0 < value < 10 * 365 * 86400:
+        raise argparse.ArgumentTypeError(f"duration out of range: {text!r}")
+    return value
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -57,13 +77,59 @@ def _build_parser() -> argparse.ArgumentParser:
     sd = sub.add_parser("send", help="send files and folders; prints a code and a QR code")
     sd.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     sd.add_argument("--no-compress", action="store_true", help="never compress chunks")
+    sd.add_argument(
+        "--wait",
+        type=_duration,
+        default=None,
+        metavar="DURATION",
+        help="how long to wait for the receiver before uploading to the relay "
+        "(s/m/h/d; default 2m, or until the code expires with --no-relay)",
+    )
+    rel = sd.add_mutually_exclusive_group()
+    rel.add_argument("--relay", action="store_true", help="upload to the relay at once")
+    rel.add_argument("--no-relay", action="store_true", help="never use the relay")
+    sd.add_argument(
+        "--expires",
+        type=_duration,
+        default=7 * 86400.0,
+        metavar="DURATION",
+        help="relay link lifetime (default 7d; the server has a maximum)",
+    )
+    sd.add_argument(
+        "--max-downloads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="complete downloads allowed from the relay link (default 1)",
+    )
+    pw = sd.add_mutually_exclusive_group()
+    pw.add_argument("--password", action="store_true", help="protect the relay link (prompts)")
+    pw.add_argument(
+        "--password-file",
+        type=Path,
+        default=None,
+        metavar="F",
+        help="protect the relay link with the first line of F",
+    )
     net(sd)
 
     rc = sub.add_parser("receive", help="receive with a code or link from the sender")
     rc.add_argument("target", nargs="?", metavar="CODE", help="code (12-word-word) or link")
     rc.add_argument("-o", "--output", type=Path, default=Path("."), help="destination folder")
     rc.add_argument("--yes", "-y", action="store_true", help="accept without asking")
+    rc.add_argument(
+        "--password-file",
+        type=Path,
+        default=None,
+        metavar="F",
+        help="password of a protected relay link (else asked for)",
+    )
     net(rc)
+
+    dr = sub.add_parser("drops", help="your relay links: status, access log, delete")
+    dr.add_argument("action", nargs="?", choices=["list", "log", "delete"], default="list")
+    dr.add_argument("id", nargs="?", help="drop id (for log and delete)")
+    dr.add_argument("--json", action="store_true", help="JSON output")
     lg = sub.add_parser("log", help="show the disclosure log: what was sent, to whom, how")
     lg.add_argument("--csv", action="store_true", help="CSV instead of a table")
     lg.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -92,6 +158,40 @@ def _run_log(args: argparse.Namespace, settings: Settings) -> int:
             f"{when}  {r.get('how', ''):6} {r.get('to', ''):28} {r.get('outcome', ''):16} "
             f"{r.get('files', 0)} files {human_bytes(int(r.get('bytes', 0)))}  study {studies}"
         )
+    return 0
+
+
+def _run_drops(args: argparse.Namespace, settings: Settings, out: _Out) -> int:
+    from peer import relay_session
+
+    if args.action == "list":
+        rows = _run(relay_session.drop_statuses(settings))
+        if args.json:
+            for r in rows:
+                print(json.dumps(r))
+        elif not rows:
+            print("No relay links yet.")
+        for r in rows if not args.json else []:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["expires"]))
+            print(
+                f"{r['id']}  {r['state']:10} {r['downloads']}/{r['max_downloads']} downloads  "
+                f"expires {when}  {r['files']} files {human_bytes(r['bytes'])}"
+            )
+        return 0
+    if not args.id:
+        raise BeamError("no id", user_message=f"Give the drop id: scanbeam drops {args.action} ID")
+    if args.action == "log":
+        events = _run(relay_session.drop_log(settings, args.id))
+        for e in events:
+            if args.json:
+                print(json.dumps(e))
+            else:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"]))
+                print(f"{when}  {e['event']:20} {e.get('address') or ''}")
+        return 0
+    _run(relay_session.drop_delete(settings, args.id))
+    if not args.json:
+        print(f"Deleted {args.id}: the link no longer works.")
     return 0
 
 
@@ -214,7 +314,72 @@ def _run_send(args: argparse.Namespace, settings: Settings, out: _Out) -> int:
         else:
             _on_event_common(out, ev)
 
-    _run(session.send(settings, args.paths, on_event))
+    async def go() -> None:
+        from peer import relay_session
+        from peer.errors import NoPathError, NoReceiver
+
+        password: str | None = None
+        if args.password or args.password_file is not None:
+            password = await relay_session.prompt_password(args.password_file, confirm=True)
+
+        async def to_relay(reason: str | None) -> None:
+            if reason:
+                out.line(reason)
+            ready = await relay_session.upload(
+                settings,
+                args.paths,
+                on_event_relay,
+                expires_in=args.expires,
+                max_downloads=args.max_downloads,
+                password=password,
+            )
+            on_event_relay(ready)
+
+        if args.relay:
+            await to_relay(None)
+            return
+        try:
+            await session.send(settings, args.paths, on_event)
+        except NoReceiver:
+            if args.no_relay:
+                raise
+            await to_relay("Nobody joined in time: uploading the encrypted study to the relay.")
+        except NoPathError:
+            if args.no_relay:
+                raise
+            await to_relay("No direct connection: uploading the encrypted study to the relay.")
+
+    def on_event_relay(ev: object) -> None:
+        from peer.relay_session import LinkReady
+
+        if isinstance(ev, LinkReady):
+            out.event(
+                "link",
+                url=ev.url,
+                id=ev.id,
+                expires=ev.expires,
+                max_downloads=ev.max_downloads,
+                password=ev.password,
+                resumed_bytes=ev.resumed_bytes,
+            )
+            if not out.json:
+                for ln in _qr_lines(ev.url):
+                    out.line(ln)
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(ev.expires))
+                extra = "; the recipient also needs the password" if ev.password else ""
+                out.line(
+                    f"Uploaded. Share this link (expires {when}, "
+                    f"{ev.max_downloads} download(s){extra}):"
+                )
+                out.line(ev.url)
+        elif isinstance(ev, session.Progress):
+            out.progress(ev.bytes, ev.total, ev.rate)
+
+    if args.wait is not None:
+        settings = dataclasses.replace(settings, wait_timeout=args.wait)
+    elif not args.no_relay:
+        settings = dataclasses.replace(settings, wait_timeout=120.0)
+    _run(go())
     return 0
 
 
@@ -245,7 +410,10 @@ def _run_receive(args: argparse.Namespace, settings: Settings, out: _Out) -> int
         if not sys.stdin.isatty():
             raise BeamError("no code", user_message="Give the code: scanbeam receive 12-word-word")
         text = input("Code from the sender: ")
-    target = session.parse_target(text, settings.server)
+    from peer import relay_session
+
+    drop = relay_session.parse_drop_link(text)
+    target = None if drop is not None else session.parse_target(text, settings.server)
 
     def on_event(ev: session.Event) -> None:
         if isinstance(ev, session.Offer):
@@ -282,20 +450,32 @@ def _run_receive(args: argparse.Namespace, settings: Settings, out: _Out) -> int
         )
         return answer.strip().lower() in ("y", "yes")
 
+    if drop is not None:
+
+        async def password() -> str:
+            return await relay_session.prompt_password(args.password_file, confirm=False)
+
+        _run(relay_session.download(settings, drop, args.output, on_event, decide, password))
+        return 0
+    assert target is not None
     _run(session.receive(settings, target, args.output, on_event, decide))
     return 0
 
 
 def _run_serve(args: argparse.Namespace, env: dict[str, str]) -> int:
+    from relay.app import mount as relay_mount
+    from relay.settings import RelaySettings
     from signaling.server import start_server
     from signaling.settings import ServerSettings
 
     settings = ServerSettings.load(
         env, {"host": args.host, "port": args.port, "data_dir": args.data}
     )
+    data_dir = args.data or Path(env.get("SCANBEAM_DATA", "scanbeam-data"))
+    relay_settings = RelaySettings.load(env, {"data_dir": data_dir})
 
     async def serve() -> None:
-        server = await start_server(settings)
+        server = await start_server(settings, mounts=[relay_mount(relay_settings)])
         print(
             f"ScanBeam server on http://{settings.host}:{server.port} "
             "(signaling at /v1/signal). Ctrl-C to stop.",
@@ -343,6 +523,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_serve(args, env)
         if args.command == "log":
             return _run_log(args, Settings.load(env, {}))
+        if args.command == "drops":
+            return _run_drops(args, Settings.load(env, {}), out)
         settings = _settings(args, env)
         runner: Callable[[argparse.Namespace, Settings, _Out], int] = (
             _run_send if args.command == "send" else _run_receive

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -61,6 +62,7 @@ def main() -> int:
     port = _free_port()
     server = f"http://127.0.0.1:{port}"
     procs: list[subprocess.Popen[str]] = []
+    env = {**os.environ, "SCANBEAM_HOME": str(work / "home")}
     try:
         study = work / "CT_STUDY"
         print(f"1/4 Generating a synthetic CT study ({args.size}) in {study}", flush=True)
@@ -70,17 +72,19 @@ def main() -> int:
         )
         print(f"2/4 Starting the ScanBeam server on {server}", flush=True)
         srv = subprocess.Popen(
-            [py, "-m", "peer.cli", "serve", "--port", str(port)],
+            [py, "-m", "peer.cli", "serve", "--port", str(port), "--data", str(work / "server")],
             stdout=subprocess.DEVNULL,
             text=True,
+            env=env,
         )
         procs.append(srv)
         _wait_health(server)
         print("3/4 Sending from one CLI process, receiving in another", flush=True)
         sender = subprocess.Popen(
-            [py, "-m", "peer.cli", "send", str(study), "--server", server, "--json"],
+            [py, "-m", "peer.cli", "send", str(study), "--server", server, "--json", "--no-relay"],
             stdout=subprocess.PIPE,
             text=True,
+            env=env,
         )
         procs.append(sender)
         assert sender.stdout is not None
@@ -97,6 +101,7 @@ def main() -> int:
         recv = subprocess.run(
             [py, "-m", "peer.cli", "receive", code, "--server", server, "-o", str(out), "--yes"],
             text=True,
+            env=env,
         )
         sender_events = [json.loads(line) for line in sender.stdout]
         sender.wait(60)

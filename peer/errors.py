@@ -17,6 +17,7 @@
     │   ├── ServerUnreachable         unreachable      4
     │   ├── PeerGone                  peer-gone        4
     │   ├── NoPathError               no-path          4
+    │   ├── NoReceiver                no-receiver      4
     │   └── TransferTimeout           timeout          4
     ├── DeclinedError                 declined         6
     ├── CancelledByUser               cancelled        6
@@ -42,6 +43,7 @@ __all__ = [
     "LocalFileError",
     "LocalProtocolError",
     "NoPathError",
+    "NoReceiver",
     "PairingError",
     "PeerGone",
     "RemoteError",
@@ -135,6 +137,11 @@ class PeerGone(ConnectionFailed):
 class NoPathError(ConnectionFailed):
     code = "no-path"
     default_message = "No direct connection could be made between the two sides."
+
+
+class NoReceiver(ConnectionFailed):
+    code = "no-receiver"
+    default_message = "Nobody used the code in time."
 
 
 class TransferTimeout(ConnectionFailed):

@@ -25,6 +25,7 @@ from peer.errors import (
     ConnectionFailed,
     DeclinedError,
     NoPathError,
+    NoReceiver,
     PairingError,
     PeerGone,
     RemoteProtocolError,
@@ -302,7 +303,15 @@ async def send(
             full_code = code or _make_code(nameplate)
             link_secret = secrets.token_bytes(32)
             on_event(CodeReady(full_code, _link_url(settings.server, nameplate, link_secret)))
-            await client.wait_peer(timeout=settings.wait_timeout)
+            try:
+                await client.wait_peer(timeout=settings.wait_timeout)
+            except SignalingError as exc:
+                if exc.code == "timeout":
+                    raise NoReceiver(
+                        "wait",
+                        user_message=f"Nobody used the code within {settings.wait_timeout:.0f} s.",
+                    ) from None
+                raise
             hs = Handshake(Role.SENDER, code=full_code, link_secret=link_secret, entropy=os.urandom)
             pairing = _Pairing(client, hs, settings)
             paired = await pairing.run()

@@ -28,7 +28,10 @@ class Settings:
     buffered_high: int = 1 << 20  # data-channel high-water mark, bytes
     window: int = 128  # receive window, chunks (credit granted ahead of writes)
     compress: bool = True
-    home: Path = Path(".scanbeam")  # local state (drops, disclosure log); see load()
+    # local state (drops, disclosure log); see load()
+    home: Path = dataclasses.field(
+        default_factory=lambda: Path.home() / ".local" / "share" / "scanbeam"
+    )
 
     @classmethod
     def load(cls, env: Mapping[str, str], overrides: Mapping[str, object]) -> Settings:

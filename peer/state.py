@@ -198,6 +198,30 @@ class LocalState:
                 out.append(d)
         return sorted(out, key=lambda d: d.created)
 
+    # download claims (the receiver side): reused when a download resumes
+
+    def save_claim(self, drop_id: str, claim: str) -> None:
+        self._ensure()
+        path = self.home / "claims"
+        path.mkdir(exist_ok=True, mode=0o700)
+        fd = os.open(
+            path / self._drop_path(drop_id).name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
+        )
+        with os.fdopen(fd, "w") as fh:
+            fh.write(claim)
+
+    def load_claim(self, drop_id: str) -> str | None:
+        try:
+            return (
+                self.home / "claims" / self._drop_path(drop_id).name
+            ).read_text().strip() or None
+        except OSError:
+            return None
+
+    def forget_claim(self, drop_id: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.home / "claims" / self._drop_path(drop_id).name).unlink()
+
     def forget_drop(self, drop_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._drop_path(drop_id).unlink()

@@ -1,37 +1,36 @@
-"""Asyncio shim around :class:`signaling.rooms.Hub`: the ScanBeam signaling server.
+"""Asyncio shim around :class:`signaling.rooms.Hub`: the ScanBeam server's one origin (aiohttp).
 
 One origin serves everything (``docs/protocol.md`` § Signaling, "Endpoints"):
 
-* ``/v1/signal``: the WebSocket endpoint;
+* ``/v1/signal``: the WebSocket endpoint (text frames, at most 64 KiB each);
 * ``GET /v1/health``: ``200`` with ``{"ok": true, "service": "scanbeam", "protocol": [1]}``;
-* routes passed to :func:`start_server` (exact paths, or prefixes ending in ``*``);
-* anything else: ``404``, plain text.
+* routes added by *mounts* (the relay API, see :func:`relay.app.mount`): any method, streamed
+  bodies, their own error format;
+* routes passed to :func:`start_server` (GET; exact paths, or prefixes ending in ``*``);
+* anything else: ``404`` for GET, ``405`` for other methods, plain text.
 
 The shim owns the clock (``time.monotonic``) and the random source (``secrets``); the hub gets
 them as arguments. Each connection has a reader (feeds the hub) and a writer (drains a bounded
-outbox), so a slow peer never blocks anyone else.
+outbox), so a slow peer never blocks anyone else. aiohttp's access log is off: nothing here
+logs paths, headers or bodies.
 """
 
 from __future__ import annotations
 
 import asyncio
-import http
+import inspect
 import json
 import logging
 import secrets
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Final, Self
 from urllib.parse import urlsplit
 
-from websockets.asyncio.server import Server as _WsServer
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from signaling.messages import MAX_FRAME, PROTOCOL_VERSION, encode
 from signaling.rooms import Action, CloseConnection, Hub, SendFrame
@@ -41,6 +40,7 @@ __all__ = [
     "HEALTH_PATH",
     "SIGNAL_PATH",
     "HttpResponse",
+    "Mount",
     "Route",
     "Server",
     "run",
@@ -48,14 +48,13 @@ __all__ = [
 ]
 
 logger = logging.getLogger("scanbeam.signaling")
-# websockets logs every frame (bodies included) at DEBUG; pin its logger above that.
-_ws_logger = logging.getLogger("scanbeam.signaling.websockets")
-_ws_logger.setLevel(logging.INFO)
 
 SIGNAL_PATH: Final = "/v1/signal"
 HEALTH_PATH: Final = "/v1/health"
 PING_INTERVAL: Final = 20.0
-"""Seconds between WebSocket pings; a peer that misses one for as long again is dropped."""
+"""Seconds between WebSocket pings. aiohttp drops a peer whose pong is later than half that."""
+CLOSE_TIMEOUT: Final = 5.0
+"""Seconds to wait for the other side's close frame, and for handlers when shutting down."""
 OUTBOX_HIGH: Final = 64
 """Frames queued for one connection above which the reader that queued them waits until the
 queue is empty (backpressure: a peer that does not read slows only its own room)."""
@@ -71,19 +70,25 @@ class HttpResponse:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-Route = Callable[[Request], HttpResponse | Awaitable[HttpResponse]]
-"""An HTTP route handler. It gets websockets' :class:`~websockets.http11.Request` (``.path``
-with the query, ``.headers``, ``.method``) and may be sync or async."""
+Route = Callable[[web.Request], HttpResponse | Awaitable[HttpResponse]]
+"""A GET route handler. It gets aiohttp's :class:`~aiohttp.web.Request` (``.path``,
+``.path_qs``, ``.query``, ``.headers``, ``.method``) and may be sync or async."""
+
+Mount = Callable[[web.Application], Awaitable[None] | None]
+"""Adds routes and startup/cleanup hooks to the application before it starts (sync or async).
+Mounted routes take precedence over :data:`Route` handlers; ``/v1/signal`` and ``/v1/health``
+come first."""
 
 
 class Server:
-    """A running signaling server. Build it with :func:`start_server`."""
+    """A running server. Build it with :func:`start_server`."""
 
-    def __init__(self, ws_server: _WsServer, app: _App) -> None:
-        self._ws = ws_server
-        self._app = app
-        self._closed = False
-        self._address = ws_server.sockets[0].getsockname()
+    def __init__(self, runner: web.AppRunner, shim: _Signaling) -> None:
+        self._runner = runner
+        self._shim = shim
+        self._address = runner.addresses[0]
+        self._closing: asyncio.Future[None] | None = None
+        self._closed = asyncio.Event()
 
     @property
     def port(self) -> int:
@@ -104,20 +109,26 @@ class Server:
     @property
     def hub(self) -> Hub:
         """The pure core (for stats and tests)."""
-        return self._app.hub
+        return self._shim.hub
 
     async def close(self) -> None:
-        """Stop listening, close every connection (1001) and the sweeper. Idempotent."""
-        if not self._closed:
-            self._closed = True
-            self._app.prune_task.cancel()
-            self._ws.close()
-        await self._ws.wait_closed()
-        await asyncio.wait([self._app.prune_task])
+        """Stop listening, close every WebSocket (1001), end the sweeper and the mounts'
+        background work (their cleanup hooks). Idempotent."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        try:
+            self._shim.prune_task.cancel()
+            await asyncio.wait([self._shim.prune_task])
+            await self._runner.cleanup()
+        finally:
+            self._closed.set()
 
     async def wait_closed(self) -> None:
         """Return once the server is closed (by :meth:`close`)."""
-        await self._ws.wait_closed()
+        await self._closed.wait()
 
     async def serve_forever(self) -> None:
         """Serve until :meth:`close` is called or this task is cancelled (then close)."""
@@ -139,7 +150,10 @@ class Server:
 
 
 async def start_server(
-    settings: ServerSettings, *, routes: Mapping[str, Route] | None = None
+    settings: ServerSettings,
+    *,
+    routes: Mapping[str, Route] | None = None,
+    mounts: Iterable[Mount] = (),
 ) -> Server:
     """Bind and start serving.
 
@@ -147,11 +161,15 @@ async def start_server(
         settings: ``host``, ``port`` and the room limits are used.
         routes: Extra HTTP GET routes. A key is an exact path (``"/"``) or, when it ends in
             ``*``, a prefix (``"/static/*"`` matches ``/static/app.js``); the exact match wins,
-            then the longest prefix. ``/v1/signal`` and ``/v1/health`` cannot be overridden.
-            The query string is not part of the match.
+            then the longest prefix. ``/v1/signal``, ``/v1/health`` and mounted routes cannot
+            be overridden. The query string is not part of the match.
+        mounts: Callables that add their routes and hooks to the application, in order (for
+            example ``relay.app.mount(relay_settings)``). Their startup hooks run before the
+            socket is bound; their cleanup hooks run in :meth:`Server.close`.
 
     Raises:
         OSError: the address cannot be bound.
+        Exception: whatever a mount or its startup hook raises.
     """
     hub = Hub(
         randbelow=secrets.randbelow,
@@ -161,22 +179,32 @@ async def start_server(
         max_msgs_per_room=settings.max_msgs_per_room,
         join_failures_per_minute=settings.join_failures_per_minute,
     )
-    app = _App(hub, dict(routes or {}), settings.prune_interval)
-    ws_server = await serve(
-        app.handle,
-        settings.host,
-        settings.port,
-        process_request=app.process_request,
-        max_size=MAX_FRAME,
-        compression=None,  # bodies are ciphertext; deflate would only cost memory
-        ping_interval=PING_INTERVAL,
-        ping_timeout=PING_INTERVAL,
-        close_timeout=5,
-        logger=_ws_logger,
+    shim = _Signaling(hub, dict(routes or {}), settings.prune_interval)
+    app = web.Application()
+    app.router.add_get(SIGNAL_PATH, shim.signal, allow_head=False)
+    app.router.add_get(HEALTH_PATH, shim.health)
+    for mount in mounts:
+        result = mount(app)
+        if inspect.isawaitable(result):
+            await result
+    app.router.add_route("*", "/{tail:.*}", shim.fallback)  # resolved last (aiohttp's index)
+    app.on_shutdown.append(shim.shutdown)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,  # paths hold drop ids and queries; we log events ourselves
+        shutdown_timeout=CLOSE_TIMEOUT,
     )
-    app.prune_task = asyncio.create_task(app.prune_forever(), name="scanbeam-signaling-prune")
-    server = Server(ws_server, app)
-    logger.info("signaling server listening on %s", server.url)
+    try:
+        await runner.setup()  # runs the mounts' startup hooks
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()  # runs the cleanup hooks of those that started
+        raise
+    shim.prune_task = asyncio.create_task(shim.prune_forever(), name="scanbeam-signaling-prune")
+    server = Server(runner, shim)
+    logger.info("server listening on %s", server.url)
     return server
 
 
@@ -184,6 +212,7 @@ async def run(
     settings: ServerSettings,
     *,
     routes: Mapping[str, Route] | None = None,
+    mounts: Iterable[Mount] = (),
     on_ready: Callable[[Server], None] | None = None,
 ) -> None:
     """Run the server until SIGTERM, cancellation (Ctrl-C under ``asyncio.run``) or
@@ -194,7 +223,7 @@ async def run(
     Raises:
         OSError: the address cannot be bound.
     """
-    server = await start_server(settings, routes=routes)
+    server = await start_server(settings, routes=routes, mounts=mounts)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     try:
@@ -216,7 +245,7 @@ async def run(
         if sigterm:
             loop.remove_signal_handler(signal.SIGTERM)
         await server.close()
-        logger.info("signaling server stopped")
+        logger.info("server stopped")
 
 
 # -- internals ------------------------------------------------------------------------------------
@@ -224,14 +253,15 @@ async def run(
 
 @dataclass(eq=False, slots=True)
 class _Peer:
-    ws: ServerConnection
+    ws: web.WebSocketResponse
     outbox: asyncio.Queue[Action] = field(default_factory=asyncio.Queue)
     drained: asyncio.Event = field(default_factory=asyncio.Event)  # set: outbox empty
     done: bool = False  # the writer stopped: queue nothing more
+    closing: bool = False  # the writer is closing the WebSocket
 
 
-class _App:
-    """Glue between websockets and the hub. One instance per server."""
+class _Signaling:
+    """Glue between aiohttp and the hub. One instance per server."""
 
     def __init__(self, hub: Hub, routes: dict[str, Route], prune_interval: float) -> None:
         self.hub = hub
@@ -248,17 +278,14 @@ class _App:
 
     # HTTP --------------------------------------------------------------------------------------
 
-    async def process_request(self, ws: ServerConnection, request: Request) -> Response | None:
-        path = urlsplit(request.path).path
-        if path == SIGNAL_PATH:
-            return None  # go on with the WebSocket handshake
-        if request.method != "GET":
+    async def health(self, request: web.Request) -> web.Response:
+        body = {"ok": True, "service": "scanbeam", "protocol": [PROTOCOL_VERSION]}
+        return _response(HttpResponse(200, json.dumps(body).encode(), "application/json"))
+
+    async def fallback(self, request: web.Request) -> web.Response:
+        if request.method not in ("GET", "HEAD"):
             return _response(HttpResponse(405, b"Method not allowed.\n"))
-        if path == HEALTH_PATH:
-            body = {"ok": True, "service": "scanbeam", "protocol": [PROTOCOL_VERSION]}
-            return _response(
-                HttpResponse(200, json.dumps(body).encode(), "application/json"),
-            )
+        path = urlsplit(request.raw_path).path
         route = self._routes.get(path)
         if route is None:
             route = next((r for p, r in self._prefixes if path.startswith(p)), None)
@@ -271,25 +298,40 @@ class _App:
 
     # WebSocket -----------------------------------------------------------------------------------
 
-    async def handle(self, ws: ServerConnection) -> None:
-        address = ws.remote_address
-        ip = str(address[0]) if address else "unknown"
+    async def signal(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(
+            timeout=CLOSE_TIMEOUT,
+            heartbeat=PING_INTERVAL,
+            compress=False,  # bodies are ciphertext; deflate would only cost memory
+            max_msg_size=MAX_FRAME,
+        )
+        if not ws.can_prepare(request).ok:
+            return _response(
+                HttpResponse(426, b"Upgrade required: this is a WebSocket endpoint.\n"),
+            )
+        await ws.prepare(request)
+        peername = request.transport.get_extra_info("peername") if request.transport else None
+        ip = str(peername[0]) if peername else "unknown"
         conn = self.hub.connect(ip)
         peer = _Peer(ws)
         self._peers[conn] = peer
         writer = asyncio.create_task(self._write(peer))
         try:
-            async for data in ws:
-                for busy in self._perform(self.hub.receive(conn, data, self._clock())):
+            while True:
+                message = await ws.receive()
+                if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    break  # CLOSE, CLOSING, CLOSED or ERROR (1009 was sent by aiohttp)
+                for busy in self._perform(self.hub.receive(conn, message.data, self._clock())):
                     await busy.drained.wait()
-        except ConnectionClosed:
-            pass
         finally:
             del self._peers[conn]
             self._perform(self.hub.disconnect(conn, self._clock()))
-            # The reader only stops once the connection is closed: nothing left can be sent.
+            if not writer.done() and peer.closing:  # let its close handshake finish
+                await asyncio.wait([writer], timeout=CLOSE_TIMEOUT)
             writer.cancel()
             await asyncio.wait([writer])
+            await ws.close()  # no-op when already closed
+        return ws
 
     def _perform(self, actions: list[Action]) -> list[_Peer]:
         """Queue ``actions``; return the peers whose outbox is above :data:`OUTBOX_HIGH`."""
@@ -312,15 +354,27 @@ class _App:
                     peer.drained.set()
                 action = await peer.outbox.get()
                 if isinstance(action, CloseConnection):
-                    await peer.ws.close(action.code, action.reason)
+                    peer.closing = True
+                    await peer.ws.close(code=action.code, message=action.reason.encode())
                     return
                 assert isinstance(action, SendFrame)
-                await peer.ws.send(encode(action.message))
-        except ConnectionClosed:
+                await peer.ws.send_str(encode(action.message))
+        except ConnectionError:  # the transport is closing or gone
             return
         finally:
             peer.done = True  # nothing more will be sent: never keep a reader waiting
             peer.drained.set()
+
+    async def shutdown(self, app: web.Application) -> None:
+        """``on_shutdown``: close every WebSocket with 1001 (going away)."""
+        peers = list(self._peers.values())
+        for peer in peers:
+            peer.done = True
+            peer.drained.set()
+        await asyncio.gather(
+            *(p.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown") for p in peers),
+            return_exceptions=True,
+        )
 
     async def prune_forever(self) -> None:
         while True:
@@ -331,18 +385,13 @@ class _App:
                 logger.exception("prune failed")
 
 
-def _response(reply: HttpResponse) -> Response:
-    status = http.HTTPStatus(reply.status)
-    headers = Headers(
-        [
-            ("Content-Type", reply.content_type),
-            ("Content-Length", str(len(reply.body))),
-            ("Cache-Control", "no-store"),
-            ("Connection", "close"),
-        ]
+def _response(reply: HttpResponse) -> web.Response:
+    response = web.Response(
+        status=reply.status,
+        body=reply.body,
+        headers={"Content-Type": reply.content_type, "Cache-Control": "no-store"},
     )
     for name, value in reply.headers:
-        if name in headers:
-            del headers[name]  # Headers.__setitem__ appends
-        headers[name] = value
-    return Response(status.value, status.phrase, headers, reply.body)
+        response.headers[name] = value  # CIMultiDict: replaces
+    response.force_close()  # docs/protocol.md § Signaling: these answers carry Connection: close
+    return response

@@ -1,4 +1,6 @@
-"""Server-side settings for ``scanbeam serve`` (signaling now; the relay shares them).
+"""Server-side settings for ``scanbeam serve``: the origin (host, port) and signaling.
+
+The relay mounted on the same origin has its own :class:`relay.settings.RelaySettings`.
 
 Built once by the command (``ServerSettings.load(os.environ, cli_options)``) and passed down;
 nothing else reads the environment.

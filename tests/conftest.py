@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,18 @@ def timeout(seconds: float) -> float:
 _HOME = tempfile.mkdtemp(prefix="scanbeam-test-home-")
 
 
+@pytest.fixture(autouse=True)
+def _own_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Each test's CLI processes get their own local state (drops, claims, log)."""
+    global _HOME
+    saved = _HOME
+    _HOME = str(tmp_path_factory.mktemp("home"))
+    try:
+        yield
+    finally:
+        _HOME = saved
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCANBEAM_")}
     env["PYTHONPATH"] = str(ROOT)
@@ -42,11 +55,23 @@ def cli_env(**extra: str) -> dict[str, str]:
 class Server:
     url: str
     proc: subprocess.Popen[str]
+    data: Path = Path()
 
 
 def start_server(extra_args: list[str] | None = None, **env: str) -> Server:
+    data = tempfile.mkdtemp(prefix="scanbeam-test-data-")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "peer.cli", "serve", "--port", "0", *(extra_args or [])],
+        [
+            sys.executable,
+            "-m",
+            "peer.cli",
+            "serve",
+            "--port",
+            "0",
+            "--data",
+            data,
+            *(extra_args or []),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -60,7 +85,7 @@ def start_server(extra_args: list[str] | None = None, **env: str) -> Server:
             f"server did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}"
         )
     url = line.split("http://", 1)[1].split()[0]
-    return Server(url=f"http://{url}", proc=proc)
+    return Server(url=f"http://{url}", proc=proc, data=Path(data))
 
 
 def stop_server(srv: Server) -> None:
@@ -72,6 +97,7 @@ def stop_server(srv: Server) -> None:
     assert srv.proc.stdout is not None and srv.proc.stderr is not None
     srv.proc.stdout.close()
     srv.proc.stderr.close()
+    shutil.rmtree(srv.data, ignore_errors=True)
 
 
 @pytest.fixture
@@ -140,8 +166,10 @@ def start_send(server: Server, paths: list[Path], *extra: str) -> tuple[Peer, st
     return peer, code
 
 
-def receive(server: Server, code: str, out: Path, *extra: str) -> Peer:
-    return spawn(["receive", code, "--server", server.url, "-o", str(out), "--json", *extra])
+def receive(
+    server: Server, code: str, out: Path, *extra: str, env: dict[str, str] | None = None
+) -> Peer:
+    return spawn(["receive", code, "--server", server.url, "-o", str(out), "--json", *extra], env)
 
 
 def sha_tree(root: Path) -> dict[str, str]:

@@ -10,6 +10,7 @@ like ``scanbeam send --json``.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -55,7 +56,8 @@ def main() -> int:
             print(json.dumps({"event": "code", "code": ev.code, "url": ev.url}), flush=True)
 
     try:
-        uvloop.run(session.send(Settings(server=server), [path], on_event))
+        settings = Settings.load(os.environ, {"server": server})
+        uvloop.run(session.send(settings, [path], on_event))
     except BeamError as exc:
         print(json.dumps({"event": "error", "code": exc.code, "message": exc.user_message}))
         return exc.exit_code

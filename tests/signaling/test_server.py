@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.http11 import Request
 
 from signaling.server import HttpResponse, Route, Server, run, start_server
 from signaling.settings import ServerSettings
@@ -111,11 +111,11 @@ async def test_websocket_on_another_path_is_refused(server: Server) -> None:
 
 
 async def test_extra_routes_exact_prefix_sync_and_async() -> None:
-    async def page(request: Request) -> HttpResponse:
+    async def page(request: web.Request) -> HttpResponse:
         return HttpResponse(200, b"<html>", "text/html", (("Cache-Control", "max-age=60"),))
 
-    def static(request: Request) -> HttpResponse:
-        return HttpResponse(200, request.path.encode())
+    def static(request: web.Request) -> HttpResponse:
+        return HttpResponse(200, request.path_qs.encode())
 
     routes: dict[str, Route] = {
         "/": page,
@@ -133,6 +133,47 @@ async def test_extra_routes_exact_prefix_sync_and_async() -> None:
         assert (await http_get(srv, "/nothing"))[0] == 404
         _, _, body = await http_get(srv, "/v1/health")  # built-in routes cannot be overridden
         assert json.loads(body)["service"] == "scanbeam"
+
+
+async def test_mounts_add_routes_and_hooks_before_the_fallback_routes() -> None:
+    events: list[str] = []
+
+    async def drops(request: web.Request) -> web.Response:
+        response = web.json_response({"method": request.method})
+        response.force_close()  # http_get reads to the end of the connection
+        return response
+
+    def sync_mount(app: web.Application) -> None:
+        app.router.add_route("*", "/v1/thing", drops)
+        app.router.add_get("/v1/health", drops)  # too late: the built-in route comes first
+
+    async def async_mount(app: web.Application) -> None:
+        async def cleanup(app: web.Application) -> None:
+            events.append("cleanup")
+
+        app.on_cleanup.append(cleanup)
+        events.append("mounted")
+
+    routes: dict[str, Route] = {"/v1/thing": lambda r: HttpResponse(200, b"route")}
+    srv = await start_server(settings(), routes=routes, mounts=[sync_mount, async_mount])
+    async with srv:
+        assert events == ["mounted"]
+        status, _, body = await http_get(srv, "/v1/thing", method="PUT")
+        assert (status, json.loads(body)) == (200, {"method": "PUT"})
+        _, _, body = await http_get(srv, "/v1/health")
+        assert json.loads(body)["service"] == "scanbeam"
+    assert events == ["mounted", "cleanup"]
+
+
+async def test_a_failing_mount_startup_closes_everything() -> None:
+    async def startup(app: web.Application) -> None:
+        raise RuntimeError("no storage")
+
+    def mount(app: web.Application) -> None:
+        app.on_startup.append(startup)
+
+    with pytest.raises(RuntimeError, match="no storage"):
+        await start_server(settings(), mounts=[mount])
 
 
 # -- the room protocol -------------------------------------------------------------------------
