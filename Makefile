@@ -37,6 +37,7 @@ test: lint typecheck coverage unit
 
 bench: setup
 	$(BIN)/python bench/transfer.py
+	$(BIN)/python bench/relay.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

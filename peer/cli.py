@@ -361,6 +361,7 @@ def _run_send(args: argparse.Namespace, settings: Settings, out: _Out) -> int:
                 max_downloads=ev.max_downloads,
                 password=ev.password,
                 resumed_bytes=ev.resumed_bytes,
+                seconds=round(ev.seconds, 3),
             )
             if not out.json:
                 for ln in _qr_lines(ev.url):

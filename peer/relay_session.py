@@ -60,6 +60,7 @@ class LinkReady:
     max_downloads: int
     password: bool
     resumed_bytes: int = 0  # blob bytes the server already had (an interrupted upload)
+    seconds: float = 0.0  # upload time
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,7 @@ async def upload(
     """Upload ``paths`` as a drop (or finish an interrupted upload of the same files)."""
     from peer.session import _Progress
 
+    started = time.monotonic()
     sources = list(sources) if sources is not None else collect_sources(paths)
     state = LocalState(settings.home)
     record = next(
@@ -209,6 +211,7 @@ async def upload(
         max_downloads=record.max_downloads,
         password=record.password is not None,
         resumed_bytes=resumed,
+        seconds=time.monotonic() - started,
     )
 
 
