@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import zstandard
+
 from peer.errors import BeamError, RemoteError, RemoteProtocolError, error_for_code
 
-__all__ = ["Failed", "json_body", "remote_error"]
+__all__ = ["PROBE_SKIP", "ChunkPacker", "Failed", "json_body", "remote_error", "unpack_chunk"]
+
+# Compression is kept for a chunk only when it saves at least 1/16; after a chunk that
+# did not pay, the next PROBE_SKIP chunks of that file are sent without trying.
+PROBE_SKIP = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +47,59 @@ def remote_error(body: bytes) -> BeamError:
         return RemoteError(f"peer error {code!r}")
     reason = cls.default_message.rstrip(".")
     return RemoteError(f"peer error {code!r}", user_message=f"The other side stopped: {reason}.")
+
+
+class ChunkPacker:
+    """The sender's adaptive chunk compression (docs/protocol.md §5.2), shared by the
+    direct path and relay drops. Call :meth:`next_file` at each file boundary."""
+
+    def __init__(self, level: int | None) -> None:
+        self._zstd = zstandard.ZstdCompressor(level=level) if level is not None else None
+        self.skip = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def next_file(self) -> None:
+        self.skip = 0
+
+    def pack(self, data: bytes) -> tuple[bytes, bool]:
+        """Return (body, compressed)."""
+        if self._zstd is None or len(data) < 512:
+            return data, False
+        if self.skip > 0:
+            self.skip -= 1
+            return data, False
+        packed = self._zstd.compress(data)
+        self.bytes_in += len(data)
+        if len(packed) <= len(data) - (len(data) >> 4):
+            self.bytes_out += len(packed)
+            return packed, True
+        self.bytes_out += len(data)
+        self.skip = PROBE_SKIP
+        return data, False
+
+
+def unpack_chunk(
+    body: bytes,
+    compressed: bool,
+    expected: int,
+    decompressor: zstandard.ZstdDecompressor,
+    error: Callable[[str], Exception],
+) -> bytes:
+    """Decompress (bounded) a chunk body and check its exact length.
+
+    Raises:
+        whatever ``error(detail)`` builds, for a bad frame or a wrong length.
+    """
+    if compressed:
+        try:
+            # max_output_size does not bound a frame that declares its size: check it first
+            declared = zstandard.frame_content_size(body)
+            if declared not in (-1, expected):
+                raise error(f"chunk declares length {declared}, expected {expected}")
+            body = decompressor.decompress(body, max_output_size=expected)
+        except zstandard.ZstdError:
+            raise error("chunk does not decompress") from None
+    if len(body) != expected:
+        raise error(f"chunk length {len(body)}, expected {expected}")
+    return body

@@ -37,7 +37,7 @@ from typing import Protocol
 import zstandard
 
 from peer.errors import BeamError, IntegrityError, LocalProtocolError, UnsafeManifestError
-from peer.proto.common import Failed, json_body
+from peer.proto.common import ChunkPacker, Failed, json_body, unpack_chunk
 from peer.proto.keys import RelayKeys
 from peer.proto.manifest import Manifest, decode_manifest, encode_manifest
 from peer.proto.receiver import MAX_MANIFEST_WIRE, ChunkReceived, FileVerified, Offered
@@ -51,7 +51,7 @@ from peer.proto.records import (
     parse_header,
     seal_record,
 )
-from peer.proto.sender import MANIFEST_PART, PROBE_SKIP, ReadRequest
+from peer.proto.sender import MANIFEST_PART, ReadRequest
 
 __all__ = [
     "MAGIC",
@@ -122,35 +122,6 @@ class Hasher(Protocol):
     def hexdigest(self) -> str: ...
 
 
-class _Packer:
-    """The sender's adaptive chunk compression (docs/protocol.md §5.2).
-
-    Mirrors ``Sender._maybe_compress``: zstd, kept only when it saves at least 1/16; after
-    a chunk that did not pay, the next PROBE_SKIP chunks of the file are stored as is.
-    """
-
-    def __init__(self, level: int | None) -> None:
-        self._zstd = zstandard.ZstdCompressor(level=level) if level is not None else None
-        self.skip = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-
-    def pack(self, data: bytes) -> tuple[bytes, Flags]:
-        if self._zstd is None or len(data) < 512:
-            return data, Flags.NONE
-        if self.skip > 0:
-            self.skip -= 1
-            return data, Flags.NONE
-        packed = self._zstd.compress(data)
-        self.bytes_in += len(data)
-        if len(packed) <= len(data) - (len(data) >> 4):
-            self.bytes_out += len(packed)
-            return packed, Flags.COMPRESSED
-        self.bytes_out += len(data)
-        self.skip = PROBE_SKIP
-        return data, Flags.NONE
-
-
 # --- writing -------------------------------------------------------------------------------
 
 
@@ -192,7 +163,7 @@ class DropWriter:
         self.manifest = manifest
         self.trace: Callable[[str], None] | None = None
         self._keys = keys
-        self._packer = _Packer(level if compress else None)
+        self._packer = ChunkPacker(level if compress else None)
         encoded = encode_manifest(manifest)
         if len(encoded) > MAX_MANIFEST_WIRE:
             raise LocalProtocolError("manifest too large for a drop")
@@ -296,7 +267,8 @@ class DropWriter:
         n = entry.n_chunks(self.manifest.chunk_size)
         last = chunk_ix == n - 1
         self._hash.update(data)
-        body, flags = self._packer.pack(data)
+        body, packed = self._packer.pack(data)
+        flags = Flags.COMPRESSED if packed else Flags.NONE
         out: list[bytes] = []
         self._lengths.append(
             self._frame(
@@ -330,7 +302,7 @@ class DropWriter:
             self._file_start = self._offset
             self._file += 1
             self._chunk = 0
-            self._packer.skip = 0
+            self._packer.next_file()
             self._hash = hashlib.sha256()
             if self._file == len(self.manifest.files):
                 self._set(WriterState.END)
@@ -787,17 +759,9 @@ class DropReader:
         if bool(hdr.flags & Flags.LAST) != last:
             raise _damaged("last-chunk flag wrong (truncated or extended file)")
         expected = self.manifest.chunk_length(file_ix, chunk_ix)
-        if hdr.flags & Flags.COMPRESSED:
-            try:
-                # max_output_size does not bound a frame that declares its size: check it first
-                declared = zstandard.frame_content_size(body)
-                if declared not in (-1, expected):
-                    raise _damaged(f"chunk declares length {declared}, expected {expected}")
-                body = self._decompress.decompress(body, max_output_size=expected)
-            except zstandard.ZstdError:
-                raise _damaged("chunk does not decompress") from None
-        if len(body) != expected:
-            raise _damaged(f"chunk length {len(body)}, expected {expected}")
+        body = unpack_chunk(
+            body, bool(hdr.flags & Flags.COMPRESSED), expected, self._decompress, _damaged
+        )
         self._hash.update(body)
         self._chunk += 1
         cs = self.manifest.chunk_size

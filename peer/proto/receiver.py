@@ -23,7 +23,7 @@ from peer.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from peer.proto.common import Failed, json_body, remote_error
+from peer.proto.common import Failed, json_body, remote_error, unpack_chunk
 from peer.proto.keys import SessionKeys
 from peer.proto.manifest import Manifest, decode_manifest
 from peer.proto.records import (
@@ -301,17 +301,9 @@ class Receiver:
         if bool(hdr.flags & Flags.LAST) != last:
             raise IntegrityError("last-chunk flag wrong (truncated or extended file)")
         expected = self.manifest.chunk_length(self._file, self._chunk)
-        if hdr.flags & Flags.COMPRESSED:
-            try:
-                # max_output_size does not bound a frame that declares its size: check it first
-                declared = zstandard.frame_content_size(body)
-                if declared not in (-1, expected):
-                    raise IntegrityError(f"chunk declares length {declared}, expected {expected}")
-                body = self._decompress.decompress(body, max_output_size=expected)
-            except zstandard.ZstdError:
-                raise IntegrityError("chunk does not decompress") from None
-        if len(body) != expected:
-            raise IntegrityError(f"chunk length {len(body)}, expected {expected}")
+        body = unpack_chunk(
+            body, bool(hdr.flags & Flags.COMPRESSED), expected, self._decompress, IntegrityError
+        )
         self._hash.update(body)
         self._received += 1
         self._events.append(

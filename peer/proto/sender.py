@@ -14,8 +14,6 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import zstandard
-
 from peer.errors import (
     BeamError,
     DeclinedError,
@@ -23,7 +21,7 @@ from peer.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from peer.proto.common import Failed, json_body, remote_error
+from peer.proto.common import ChunkPacker, Failed, json_body, remote_error
 from peer.proto.keys import SessionKeys
 from peer.proto.manifest import Manifest, encode_manifest
 from peer.proto.records import (
@@ -47,9 +45,6 @@ __all__ = [
 ]
 
 MANIFEST_PART = 60 * 1024
-# Compression is kept for a chunk only when it saves at least 1/16; after a chunk that
-# did not pay, the next PROBE_SKIP chunks of that file are sent without trying.
-PROBE_SKIP = 16
 
 
 class SenderState(enum.Enum):
@@ -121,7 +116,7 @@ class Sender:
         self.error: BeamError | None = None
         self.trace: Callable[[str], None] | None = None
         self._keys = keys
-        self._compress = zstandard.ZstdCompressor(level=level) if compress else None
+        self._packer = ChunkPacker(level if compress else None)
         self._seq = 0
         self._peer_seq = 0
         self._credit = 0
@@ -131,11 +126,8 @@ class Sender:
         self._chunk = 0
         self._hash = hashlib.sha256()
         self._digests: list[str] = []
-        self._skip = 0
         self._out: list[bytes] = []
         self._events: list[Event] = []
-        self.bytes_compressed_in = 0
-        self.bytes_compressed_out = 0
 
     # public API
 
@@ -184,7 +176,8 @@ class Sender:
         n = entry.n_chunks(self.manifest.chunk_size)
         last = self._chunk == n - 1
         if request.transmit:
-            body, flags = self._maybe_compress(data)
+            body, packed = self._packer.pack(data)
+            flags = Flags.COMPRESSED if packed else Flags.NONE
             if last:
                 flags |= Flags.LAST
             self._out.append(
@@ -209,7 +202,7 @@ class Sender:
             )
             self._file += 1
             self._chunk = 0
-            self._skip = 0
+            self._packer.next_file()
             self._hash = hashlib.sha256()
             if self._file == len(self.manifest.files):
                 self._set(SenderState.AWAITING_RECEIPT)
@@ -233,22 +226,17 @@ class Sender:
     def sent_chunks(self) -> int:
         return self._sent_chunks
 
-    # internals
+    @property
+    def bytes_compressed_in(self) -> int:
+        """Plaintext bytes that compression was tried on."""
+        return self._packer.bytes_in
 
-    def _maybe_compress(self, data: bytes) -> tuple[bytes, Flags]:
-        if self._compress is None or len(data) < 512:
-            return data, Flags.NONE
-        if self._skip > 0:
-            self._skip -= 1
-            return data, Flags.NONE
-        packed = self._compress.compress(data)
-        self.bytes_compressed_in += len(data)
-        if len(packed) <= len(data) - (len(data) >> 4):
-            self.bytes_compressed_out += len(packed)
-            return packed, Flags.COMPRESSED
-        self.bytes_compressed_out += len(data)
-        self._skip = PROBE_SKIP
-        return data, Flags.NONE
+    @property
+    def bytes_compressed_out(self) -> int:
+        """What those bytes became on the wire."""
+        return self._packer.bytes_out
+
+    # internals
 
     def _dispatch(self, data: bytes) -> None:
         hdr = parse_header(data)
