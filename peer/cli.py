@@ -126,6 +126,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     net(rc)
 
+    tu = sub.add_parser("tui", help="open the terminal app (also: plain scanbeam in a terminal)")
+    tu.add_argument("--start", type=Path, default=None, help="folder the file picker opens in")
+    net(tu)
+
     dr = sub.add_parser("drops", help="your relay links: status, access log, delete")
     dr.add_argument("action", nargs="?", choices=["list", "log", "delete"], default="list")
     dr.add_argument("id", nargs="?", help="drop id (for log and delete)")
@@ -296,6 +300,11 @@ def _run_send(args: argparse.Namespace, settings: Settings, out: _Out) -> int:
                 out.line("Scan the QR code with a phone, or on the receiving computer run:")
                 out.line(f"    scanbeam receive {ev.code}")
                 out.line(f"Code: {ev.code}   (waiting for the receiver…)")
+        elif isinstance(ev, session.RelayFallback):
+            if ev.reason:
+                out.line(ev.reason)
+        elif isinstance(ev, session.LinkReady):
+            on_event_relay(ev)
         elif isinstance(ev, session.Done):
             out.event(
                 "done",
@@ -316,38 +325,19 @@ def _run_send(args: argparse.Namespace, settings: Settings, out: _Out) -> int:
 
     async def go() -> None:
         from peer import relay_session
-        from peer.errors import NoPathError, NoReceiver
 
         password: str | None = None
         if args.password or args.password_file is not None:
             password = await relay_session.prompt_password(args.password_file, confirm=True)
-
-        async def to_relay(reason: str | None) -> None:
-            if reason:
-                out.line(reason)
-            ready = await relay_session.upload(
-                settings,
-                args.paths,
-                on_event_relay,
-                expires_in=args.expires,
-                max_downloads=args.max_downloads,
-                password=password,
-            )
-            on_event_relay(ready)
-
-        if args.relay:
-            await to_relay(None)
-            return
-        try:
-            await session.send(settings, args.paths, on_event)
-        except NoReceiver:
-            if args.no_relay:
-                raise
-            await to_relay("Nobody joined in time: uploading the encrypted study to the relay.")
-        except NoPathError:
-            if args.no_relay:
-                raise
-            await to_relay("No direct connection: uploading the encrypted study to the relay.")
+        await session.send_or_relay(
+            settings,
+            args.paths,
+            on_event,
+            relay="always" if args.relay else "never" if args.no_relay else "auto",
+            expires_in=args.expires,
+            max_downloads=args.max_downloads,
+            password=password,
+        )
 
     def on_event_relay(ev: object) -> None:
         from peer.relay_session import LinkReady
@@ -504,7 +494,21 @@ def _run(coro: Any) -> Any:
     return uvloop.run(coro)
 
 
+def _run_tui(args: argparse.Namespace, settings: Settings) -> int:
+    from tui.app import ScanBeamApp, SessionService
+
+    if not args.verbose:  # the app owns the terminal: no log lines across the screen
+        logging.disable(logging.CRITICAL)
+    app = ScanBeamApp(SessionService(settings), start=args.start or Path.cwd())
+    app.run()
+    return app.return_code or 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if not argv and sys.stdin.isatty() and sys.stdout.isatty():
+        argv = ["tui"]  # plain `scanbeam` in a terminal opens the app
     args = _build_parser().parse_args(argv)
     env = dict(os.environ)
     logging.basicConfig(
@@ -527,6 +531,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "drops":
             return _run_drops(args, Settings.load(env, {}), out)
         settings = _settings(args, env)
+        if args.command == "tui":
+            return _run_tui(args, settings)
         runner: Callable[[argparse.Namespace, Settings, _Out], int] = (
             _run_send if args.command == "send" else _run_receive
         )

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from peer.dicom.summary import format_summary, summarize
 from peer.errors import (
     BeamError,
     ConnectionFailed,
@@ -40,23 +41,53 @@ from peer.proto import sender as tx
 from peer.proto.handshake import EnvelopeReceived, Handshake, HandshakeFailed, Paired, Role
 from peer.proto.manifest import FileEntry, Manifest
 from peer.proto.wordlist import EVEN, ODD
+from peer.relay_session import (
+    LinkReady,
+    PasswordPrompt,
+    download,
+    drop_delete,
+    drop_log,
+    drop_statuses,
+    parse_drop_link,
+    upload,
+)
 from peer.rtc import RtcLink, ice_servers
 from peer.settings import Settings
 from peer.state import Disclosure, LocalState, digest_of, study_uids
+from peer.units import human_bytes, human_duration, human_rate
 from signaling.client import SignalingClient, SignalingError
 
 __all__ = [
+    "BeamError",
     "CodeReady",
     "Connected",
+    "DeclinedError",
     "Done",
     "Event",
+    "LinkReady",
+    "LocalState",
     "Offer",
     "Paired_",
     "Progress",
+    "RelayFallback",
+    "Settings",
+    "SourceFile",
     "Target",
+    "collect_sources",
+    "drop_delete",
+    "drop_log",
+    "drop_statuses",
+    "format_summary",
+    "human_bytes",
+    "human_duration",
+    "human_rate",
+    "parse_drop_link",
     "parse_target",
     "receive",
+    "receive_any",
     "send",
+    "send_or_relay",
+    "summarize",
 ]
 
 
@@ -112,7 +143,15 @@ class Done:
     digests: tuple[str, ...] = field(default=())
 
 
-Event = CodeReady | Paired_ | Connected | Offer | Progress | Done
+@dataclass(frozen=True, slots=True)
+class RelayFallback:
+    """The sender gives up on the direct path and uploads to the relay; ``reason`` is for
+    people (empty when the relay was asked for at once)."""
+
+    reason: str
+
+
+Event = CodeReady | Paired_ | Connected | Offer | Progress | Done | RelayFallback | LinkReady
 OnEvent = Callable[[Event], None]
 
 _CODE_RE = re.compile(r"^(\d{1,8})-([a-z]+)-([a-z]+)$")
@@ -703,3 +742,75 @@ async def _receive_over(
     )
     on_event(done)
     return done
+
+
+async def send_or_relay(
+    settings: Settings,
+    paths: Sequence[Path],
+    on_event: OnEvent,
+    *,
+    relay: str = "auto",
+    expires_in: float = 7 * 86400.0,
+    max_downloads: int = 1,
+    password: str | None = None,
+) -> Done | LinkReady:
+    """Send directly; fall back to a relay link when nobody joins or no path opens.
+
+    ``relay`` is ``"auto"`` (fall back), ``"always"`` (upload at once) or ``"never"``.
+    The sender waits ``settings.wait_timeout`` for the receiver. Before uploading it emits
+    ``RelayFallback(reason)``; the upload reports ``Progress`` and then ``LinkReady``.
+
+    Raises:
+        BeamError: any failure, with a user message.
+    """
+    if relay not in ("auto", "always", "never"):
+        raise ValueError(f"relay must be auto, always or never, not {relay!r}")
+
+    async def to_relay(reason: str) -> LinkReady:
+        on_event(RelayFallback(reason))
+        ready = await upload(
+            settings,
+            paths,
+            on_event,
+            expires_in=expires_in,
+            max_downloads=max_downloads,
+            password=password,
+        )
+        on_event(ready)
+        return ready
+
+    if relay == "always":
+        return await to_relay("")
+    try:
+        return await send(settings, paths, on_event)
+    except NoReceiver:
+        if relay == "never":
+            raise
+        return await to_relay("Nobody joined in time: uploading the encrypted study to the relay.")
+    except NoPathError:
+        if relay == "never":
+            raise
+        return await to_relay("No direct connection: uploading the encrypted study to the relay.")
+
+
+async def receive_any(
+    settings: Settings,
+    text: str,
+    dest: Path,
+    on_event: OnEvent,
+    decide: Decide,
+    password: PasswordPrompt,
+) -> Done:
+    """Receive by a typed code, a QR link or a relay link (whichever ``text`` is).
+
+    ``password`` is awaited only for a password-protected relay link.
+
+    Raises:
+        BeamError: any failure, with a user message (also for text that is neither).
+    """
+    drop = parse_drop_link(text)
+    if drop is not None:
+        done: Done = await download(settings, drop, dest, on_event, decide, password)
+        return done
+    target = parse_target(text, settings.server)
+    return await receive(settings, target, dest, on_event, decide)

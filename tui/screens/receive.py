@@ -1,0 +1,238 @@
+"""Receive: a code or link, the offer with free space, accept or decline, progress, result."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, Static
+
+from peer.session import (
+    Connected,
+    DeclinedError,
+    Done,
+    Offer,
+    Paired_,
+    Progress,
+    format_summary,
+    human_bytes,
+    human_duration,
+    human_rate,
+)
+from tui.screens.base import (
+    PasswordScreen,
+    ServiceScreen,
+    TransferEvent,
+    TransferFailed,
+    plain_error,
+    rate_line,
+)
+
+__all__ = ["ReceiveScreen"]
+
+
+class ReceiveScreen(ServiceScreen):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "Cancel/Back"),
+        Binding("a", "accept", "Accept"),
+        Binding("d", "decline", "Decline"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = False
+        self.decision: asyncio.Future[bool] | None = None
+        self.done: Done | None = None
+        self.error = ""
+
+    def compose(self) -> ComposeResult:
+        start: Path = getattr(self.app, "start", Path.cwd())
+        yield Header(show_clock=False)
+        with VerticalScroll(id="receive"):
+            with Vertical(id="form"):
+                yield Label("Code or link from the sender")
+                yield Input(placeholder="12-word-word or https://…", id="target")
+                yield Label("Save into folder")
+                yield Input(str(start), id="dest")
+                yield Button("Receive  (Enter)", id="go", variant="primary", compact=True)
+            yield Static("", id="from")
+            yield Static("", id="state")
+            yield Static("", id="offer")
+            with Horizontal(id="decide"):
+                yield Button("Accept  (a)", id="accept", variant="success", compact=True)
+                yield Button("Decline  (d)", id="decline", variant="error", compact=True)
+            yield ProgressBar(show_eta=False, id="bar")
+            yield Static("", id="rate")
+            yield Static("", id="result")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#decide").display = False
+        self.query_one("#bar").display = False
+        self._form(True)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "target":
+            self.query_one("#dest", Input).focus()
+        else:
+            self.action_go()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "go":
+            self.action_go()
+        elif event.button.id == "accept":
+            self.action_accept()
+        elif event.button.id == "decline":
+            self.action_decline()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("accept", "decline"):
+            pending = self.decision is not None and not self.decision.done()
+            return True if pending else None  # None hides the key until there is an offer
+        return True
+
+    def _form(self, show: bool, text: str = "") -> None:
+        self.query_one("#form").display = show
+        self.query_one("#from", Static).update(text)
+        self.query_one("#from").display = not show
+        if show:
+            self.query_one("#target", Input).focus()
+
+    def _state(self, text: str) -> None:
+        self.query_one("#state", Static).update(text)
+
+    def action_go(self) -> None:
+        if self.running:
+            return
+        text = self.query_one("#target", Input).value.strip()
+        if not text:
+            self.notify("Type the code or paste the link first.", severity="warning")
+            return
+        dest = Path(self.query_one("#dest", Input).value.strip() or ".").expanduser()
+        self.running = True
+        self._form(False, f"From {text}  into  {dest}")
+        self.query_one("#result", Static).update("")
+        self._state("Connecting to the sender…")
+        self.run_receive(text, dest)
+
+    @work(exclusive=True)
+    async def run_receive(self, text: str, dest: Path) -> None:
+        try:
+            await self.service.receive(text, dest, self._on_event, self._decide, self._password)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.post_message(TransferFailed(plain_error(exc)))
+
+    def _on_event(self, ev: Any) -> None:
+        self.post_message(TransferEvent(ev))
+
+    async def _decide(self, offer: Offer) -> bool:
+        self.decision = asyncio.get_running_loop().create_future()
+        try:
+            return await self.decision
+        finally:
+            self.decision = None
+            self.refresh_bindings()
+
+    async def _password(self) -> str:
+        answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+
+        def done(value: str | None) -> None:
+            if not answer.done():
+                answer.set_result(value)
+
+        self.app.push_screen(PasswordScreen(), done)
+        value = await answer
+        if value is None:
+            raise DeclinedError("no password", user_message="No password given: not received.")
+        return value
+
+    def on_transfer_event(self, message: TransferEvent) -> None:
+        ev = message.event
+        if isinstance(ev, Paired_):
+            self._state("Paired with the sender. Connecting…")
+        elif isinstance(ev, Connected):
+            self._state(f"Connected ({ev.via}). Waiting for the offer…")
+        elif isinstance(ev, Offer):
+            self._show_offer(ev)
+        elif isinstance(ev, Progress):
+            if self.running:
+                bar = self.query_one("#bar", ProgressBar)
+                bar.display = True
+                bar.update(total=max(ev.total, 1), progress=ev.bytes)
+                self.query_one("#rate", Static).update(rate_line(ev))
+        elif isinstance(ev, Done):
+            self.running = False
+            self.done = ev
+            rate = ev.sent_bytes / ev.seconds if ev.seconds > 0 else 0.0
+            where = ev.dest.resolve() if ev.dest else "."
+            self._state(f"Done ({ev.via}): every file verified (SHA-256).")
+            self.query_one("#result", Static).update(
+                f"Received {ev.files} files ({human_bytes(ev.bytes)}) in "
+                f"{human_duration(ev.seconds)} at {human_rate(rate)}.\nSaved in {where}\n"
+                "Escape: back."
+            )
+            self.query_one("#result").scroll_visible()
+
+    def _show_offer(self, offer: Offer) -> None:
+        try:
+            lines = format_summary(offer.summary)
+        except Exception:  # a hostile summary must not stop the offer from being shown
+            lines = ["(no study summary)"]
+        free = self.service.free_space(offer.dest)
+        need = offer.bytes - offer.held
+        lines.insert(0, f"Offered: {offer.files} files, {human_bytes(offer.bytes)}")
+        if offer.held:
+            lines.append(f"Resuming: {human_bytes(offer.held)} already received and verified.")
+        space = "unknown" if free is None else human_bytes(free)
+        lines.append(f"Destination: {offer.dest.resolve()}  (free: {space})")
+        if free is not None and free < need:
+            lines.append("Warning: not enough free space at the destination.")
+        self.query_one("#offer", Static).update("\n".join(lines))
+        self._state("Accept and save? (a = accept, d = decline)")
+        self.query_one("#decide").display = True
+        self.query_one("#accept", Button).focus()
+        self.refresh_bindings()
+
+    def _answer(self, value: bool) -> None:
+        if self.decision is None or self.decision.done():
+            return
+        self.decision.set_result(value)
+        self.refresh_bindings()
+        self.query_one("#decide").display = False
+        self._state("Receiving…" if value else "Declining…")
+
+    def action_accept(self) -> None:
+        self._answer(True)
+
+    def action_decline(self) -> None:
+        self._answer(False)
+
+    def on_transfer_failed(self, message: TransferFailed) -> None:
+        self.running = False
+        self.error = message.text
+        self.query_one("#decide").display = False
+        self._state(f"Not received: {message.text}")
+        self.notify(message.text, severity="error", title="Receive failed")
+        self._form(True)
+
+    def action_cancel(self) -> None:
+        if self.running:
+            self.running = False
+            self.workers.cancel_node(self)
+            self.query_one("#decide").display = False
+            self._state(
+                "Cancelled. Verified parts are kept aside (not as finished files); "
+                "receive again into the same folder to resume."
+            )
+            self.notify("Transfer cancelled.", severity="warning")
+            for widget in ("#target", "#dest", "#go"):
+                self.query_one(widget).disabled = False
+        else:
+            self.app.pop_screen()
