@@ -453,6 +453,16 @@ def _run_receive(args: argparse.Namespace, settings: Settings, out: _Out) -> int
     return 0
 
 
+def _server_data(env: dict[str, str]) -> Path:
+    """``$SCANBEAM_DATA``, else ``$XDG_DATA_HOME/scanbeam-server``, else
+    ``~/.local/share/scanbeam-server``."""
+    if env.get("SCANBEAM_DATA"):
+        return Path(env["SCANBEAM_DATA"])
+    if env.get("XDG_DATA_HOME"):
+        return Path(env["XDG_DATA_HOME"]) / "scanbeam-server"
+    return Path.home() / ".local" / "share" / "scanbeam-server"
+
+
 def _run_serve(args: argparse.Namespace, env: dict[str, str]) -> int:
     from relay.app import mount as relay_mount
     from relay.settings import RelaySettings
@@ -462,7 +472,7 @@ def _run_serve(args: argparse.Namespace, env: dict[str, str]) -> int:
     settings = ServerSettings.load(
         env, {"host": args.host, "port": args.port, "data_dir": args.data}
     )
-    data_dir = args.data or Path(env.get("SCANBEAM_DATA", "scanbeam-data"))
+    data_dir = args.data or _server_data(env)
     relay_settings = RelaySettings.load(env, {"data_dir": data_dir})
 
     async def serve() -> None:
