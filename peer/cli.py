@@ -56,7 +56,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log diagnostics to stderr")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sv = sub.add_parser("serve", help="run the server side (signaling) on one origin")
+    sv = sub.add_parser("serve", help="run the server side (signaling + relay) on one origin")
     sv.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     sv.add_argument("--port", type=int, default=None, help="port (default 8000; 0 = any free)")
     sv.add_argument("--data", type=Path, default=None, help="data folder (used by the relay)")
