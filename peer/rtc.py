@@ -167,7 +167,8 @@ class RtcLink:
         ch.once("bufferedamountlow", low.set)
         while ch.bufferedAmount > self._high // 2 and not self._dead.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(low.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await low.wait()
             low.clear()
             if ch.bufferedAmount > self._high // 2:
                 ch.once("bufferedamountlow", low.set)

@@ -450,7 +450,10 @@ async def _recv(link: RtcLink, idle: float | None) -> bytes:
     if data is not None:
         return data
     try:
-        return await asyncio.wait_for(link.recv(), idle)
+        # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow a cancellation
+        # (Ctrl-C) that races with the message arriving
+        async with asyncio.timeout(idle):
+            return await link.recv()
     except TimeoutError:
         raise TransferTimeout("idle") from None
 

@@ -5,6 +5,7 @@ Every wait is bounded; SCANBEAM_TEST_TIMEOUT_FACTOR scales them on slow machines
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -148,6 +149,21 @@ class Peer:
         return found[-1]
 
 
+_SPAWNED: list[Peer] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_peers() -> Iterator[None]:
+    """A test that failed half-way leaves no process or pipe behind for the next one."""
+    yield
+    while _SPAWNED:
+        peer = _SPAWNED.pop()
+        if peer.proc.poll() is None:
+            peer.proc.kill()
+        with contextlib.suppress(Exception):
+            peer.proc.communicate(timeout=10)
+
+
 def spawn(args: list[str], env: dict[str, str] | None = None) -> Peer:
     proc = subprocess.Popen(
         [sys.executable, "-m", "peer.cli", *args],
@@ -157,7 +173,9 @@ def spawn(args: list[str], env: dict[str, str] | None = None) -> Peer:
         text=True,
         env=env or cli_env(),
     )
-    return Peer(proc)
+    peer = Peer(proc)
+    _SPAWNED.append(peer)
+    return peer
 
 
 def start_send(server: Server, paths: list[Path], *extra: str) -> tuple[Peer, str]:
