@@ -280,8 +280,13 @@ def _qr_lines(url: str) -> list[str]:
     return buf.getvalue().rstrip("\n").split("\n")
 
 
-def _on_event_common(out: _Out, ev: session.Event) -> None:
-    if isinstance(ev, session.Paired_):
+def _on_event_common(out: _Out, ev: object) -> None:
+    from peer.relay_session import Retrying
+
+    if isinstance(ev, Retrying):
+        out.event("retry", attempt=ev.attempt, of=ev.of, reason=ev.reason)
+        out.line(f"Connection to the relay lost; continuing ({ev.attempt}/{ev.of})…")
+    elif isinstance(ev, session.Paired_):
         out.event("paired", mode=ev.mode)
     elif isinstance(ev, session.Connected):
         out.event("connected", via=ev.via)

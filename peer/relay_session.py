@@ -40,6 +40,7 @@ from relay.client import DropInfo, RelayClient, RelayError
 __all__ = [
     "DropTarget",
     "LinkReady",
+    "Retrying",
     "download",
     "parse_drop_link",
     "upload",
@@ -48,6 +49,7 @@ __all__ = [
 TRAILER = 20
 UPLOAD_BLOCK = 1 << 20
 UPLOAD_RETRIES = 5
+DOWNLOAD_RETRIES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,15 @@ class LinkReady:
     password: bool
     resumed_bytes: int = 0  # blob bytes the server already had (an interrupted upload)
     seconds: float = 0.0  # upload time
+
+
+@dataclass(frozen=True, slots=True)
+class Retrying:
+    """The relay connection dropped; the download continues from its verified chunks."""
+
+    attempt: int
+    of: int
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,14 +459,44 @@ async def download(
 
                 raise DeclinedError("declined", user_message="You declined the download.")
             progress = _Progress(on_event, manifest.total_bytes, held)
-            try:
-                await _download_files(
-                    client, target, auth, claim, reader, dest, manifest, resume, hashes, progress
-                )
-                await loop.run_in_executor(None, dest.place_all)
-            except BaseException:
-                await loop.run_in_executor(None, dest.save)
-                raise
+            attempt = 0
+            while True:
+                try:
+                    await _download_files(
+                        client,
+                        target,
+                        auth,
+                        claim,
+                        reader,
+                        dest,
+                        manifest,
+                        resume,
+                        hashes,
+                        progress,
+                    )
+                    await loop.run_in_executor(None, dest.place_all)
+                    break
+                except RelayError as exc:
+                    # a dropped connection or a lapsed claim: keep what was verified and
+                    # continue from there (bounded), instead of failing the whole download
+                    await loop.run_in_executor(None, dest.save)
+                    attempt += 1
+                    if exc.code not in ("unreachable", "claim") or attempt > DOWNLOAD_RETRIES:
+                        raise
+                    on_event(Retrying(attempt, DOWNLOAD_RETRIES, exc.code))
+                    await asyncio.sleep(min(0.5 * 2**attempt, 5.0))
+                    if exc.code == "claim":
+                        claim = await _claim(client, target, keys, meta)
+                        state.save_claim(target.id, claim)
+                    dest = Destination(root, manifest)
+                    resume, hashes, _ = await loop.run_in_executor(None, dest.preflight)
+                    progress.bytes = sum(
+                        min(f.size, k * manifest.chunk_size)
+                        for k, f in zip(resume, manifest.files, strict=True)
+                    )
+                except BaseException:
+                    await loop.run_in_executor(None, dest.save)
+                    raise
             await client.complete(target.id, auth, claim)
             state.forget_claim(target.id)
         except RelayError as exc:

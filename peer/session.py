@@ -44,6 +44,7 @@ from peer.proto.wordlist import EVEN, ODD
 from peer.relay_session import (
     LinkReady,
     PasswordPrompt,
+    Retrying,
     download,
     drop_delete,
     drop_log,
@@ -70,6 +71,7 @@ __all__ = [
     "Paired_",
     "Progress",
     "RelayFallback",
+    "Retrying",
     "Settings",
     "SourceFile",
     "Target",

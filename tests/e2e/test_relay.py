@@ -251,3 +251,54 @@ def test_download_killed_and_resumed(server: Server, tmp_path: Path) -> None:
     assert again.finish() == 0, again.stderr
     assert again.event("offer")["held"] >= 16 * 1024 * 1024
     assert (out / "big.bin").read_bytes() == src.read_bytes()
+
+
+def test_download_survives_a_server_restart(tmp_path: Path) -> None:
+    """The connection drops mid-download (the server is killed and restarted on the same
+    port and data folder): the same `receive` continues from its verified chunks."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tmp_path / "server-data"
+
+    def serve() -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "peer.cli", "serve", "--port", str(port), "--data", str(data)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=cli_env(),
+        )
+        assert proc.stdout is not None
+        assert "http://" in proc.stdout.readline()
+        return proc
+
+    srv = serve()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        src = tmp_path / "big.bin"
+        src.write_bytes(os.urandom(150_000_000))
+        sender = spawn(["send", str(src), "--server", url, "--json", "--relay"])
+        assert sender.finish() == 0, sender.stderr
+        rcv = spawn(["receive", _link(sender), "-o", str(tmp_path / "o"), "--yes", "--json"])
+        while rcv.next_event("progress", 60)["bytes"] < 20_000_000:
+            pass
+        srv.send_signal(signal.SIGKILL)
+        srv.wait(10)
+        assert srv.stdout is not None
+        srv.stdout.close()
+        srv = serve()
+        assert rcv.finish() == 0, rcv.stderr
+        assert rcv.event("done")["via"] == "relay"
+        assert rcv.event("retry")["attempt"] >= 1  # it really was cut off mid-download
+        assert (tmp_path / "o" / "big.bin").read_bytes() == src.read_bytes()
+    finally:
+        srv.terminate()
+        srv.wait(10)
+        if srv.stdout is not None:
+            srv.stdout.close()

@@ -19,6 +19,7 @@ from peer.session import (
     Offer,
     Paired_,
     Progress,
+    Retrying,
     format_summary,
     human_bytes,
     human_duration,
@@ -159,6 +160,8 @@ class ReceiveScreen(ServiceScreen):
             self._state("Paired with the sender. Connecting…")
         elif isinstance(ev, Connected):
             self._state(f"Connected ({ev.via}). Waiting for the offer…")
+        elif isinstance(ev, Retrying):
+            self._state(f"Connection to the relay lost; continuing ({ev.attempt}/{ev.of})…")
         elif isinstance(ev, Offer):
             self._show_offer(ev)
         elif isinstance(ev, Progress):
