@@ -89,7 +89,10 @@ def transfer(server: str, src: Path, work: Path) -> dict[str, Any]:
     sender.wait(60)
     if recv.returncode != 0 or sender.returncode != 0:
         raise SystemExit(f"transfer failed: {recv.stdout[-500:]} {rest[-500:]}")
-    done = [json.loads(ln) for ln in recv.stdout.splitlines() if '"done"' in ln][-1]
+    events = [json.loads(ln) for ln in recv.stdout.splitlines() if ln.startswith("{")]
+    done = [e for e in events if e["event"] == "done"][-1]
+    start = next(e["t"] for e in events if e["event"] == "start")
+    first = next(e["t"] for e in events if e["event"] == "progress" and e["bytes"] > 0)
     size = done["bytes"]
     shutil.rmtree(out, ignore_errors=True)
     return {
@@ -97,6 +100,7 @@ def transfer(server: str, src: Path, work: Path) -> dict[str, Any]:
         "seconds": done["seconds"],
         "wall_seconds": round(wall, 2),
         "MBps": round(size / done["seconds"] / 1e6, 1),
+        "pairing_to_first_byte_s": round(first - start, 3),
         "sender_rss_MB": round(int(s_rss.read_text()) / 1024, 1),
         "receiver_rss_MB": round(int(r_rss.read_text()) / 1024, 1),
     }

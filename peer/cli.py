@@ -211,7 +211,8 @@ class _Out:
 
     def event(self, name: str, **fields: Any) -> None:
         if self.json:
-            self.out.write(json.dumps({"event": name, **fields}) + "\n")
+            record = {"event": name, **fields, "t": round(time.time(), 3)}
+            self.out.write(json.dumps(record) + "\n")
             self.out.flush()
 
     def line(self, text: str) -> None:
@@ -446,6 +447,7 @@ def _run_receive(args: argparse.Namespace, settings: Settings, out: _Out) -> int
         )
         return answer.strip().lower() in ("y", "yes")
 
+    out.event("start", mode="relay" if drop is not None else "code")
     if drop is not None:
 
         async def password() -> str:
