@@ -73,6 +73,12 @@ def _build_parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--turn-user", default=None, help="TURN user (password: $SCANBEAM_TURN_PASSWORD)"
         )
+        sp.add_argument(
+            "--turn-only",
+            action="store_true",
+            help="connect only through TURN (the other side never sees this computer's "
+            "addresses); without a TURN server no direct connection is possible",
+        )
 
     sd = sub.add_parser("send", help="send files and folders; prints a code and a QR code")
     sd.add_argument("paths", nargs="+", type=Path, metavar="PATH")
@@ -261,6 +267,7 @@ def _settings(args: argparse.Namespace, env: dict[str, str]) -> Settings:
             "stun": tuple(args.stun) if args.stun else None,
             "turn": tuple(args.turn) if args.turn else None,
             "turn_user": args.turn_user,
+            "turn_only": True if args.turn_only else None,
             "compress": False if getattr(args, "no_compress", False) else None,
         },
     )
@@ -287,6 +294,9 @@ def _on_event_common(out: _Out, ev: object) -> None:
     if isinstance(ev, Retrying):
         out.event("retry", attempt=ev.attempt, of=ev.of, reason=ev.reason)
         out.line(f"Connection to the relay lost; continuing ({ev.attempt}/{ev.of})…")
+    elif isinstance(ev, session.RelayFallback):
+        out.event("fallback", reason=ev.reason)
+        out.line(ev.reason)
     elif isinstance(ev, session.Paired_):
         out.event("paired", mode=ev.mode)
     elif isinstance(ev, session.Connected):
@@ -307,6 +317,7 @@ def _run_send(args: argparse.Namespace, settings: Settings, out: _Out) -> int:
                 out.line(f"    scanbeam receive {ev.code}")
                 out.line(f"Code: {ev.code}   (waiting for the receiver…)")
         elif isinstance(ev, session.RelayFallback):
+            out.event("fallback", reason=ev.reason)
             if ev.reason:
                 out.line(ev.reason)
         elif isinstance(ev, session.LinkReady):
@@ -456,7 +467,11 @@ def _run_receive(args: argparse.Namespace, settings: Settings, out: _Out) -> int
         _run(relay_session.download(settings, drop, args.output, on_event, decide, password))
         return 0
     assert target is not None
-    _run(session.receive(settings, target, args.output, on_event, decide))
+
+    async def ask_password() -> str:
+        return await relay_session.prompt_password(args.password_file, confirm=False)
+
+    _run(session.receive(settings, target, args.output, on_event, decide, ask_password))
     return 0
 
 

@@ -18,6 +18,7 @@ from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
     RTCIceServer,
+    RTCIceTransportPolicy,
     RTCPeerConnection,
     RTCSessionDescription,
 )
@@ -54,9 +55,17 @@ class RtcLink:
     """One peer connection. Create with :meth:`offer` (sender) or :meth:`answer` (receiver)."""
 
     def __init__(
-        self, servers: Sequence[Any], *, high_water: int = 1 << 20, max_queue: int = 4096
+        self,
+        servers: Sequence[Any],
+        *,
+        high_water: int = 1 << 20,
+        max_queue: int = 4096,
+        relay_only: bool = False,
     ) -> None:
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(servers)))
+        policy = RTCIceTransportPolicy.RELAY if relay_only else RTCIceTransportPolicy.ALL
+        self.pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=list(servers), iceTransportPolicy=policy)
+        )
         self._high = high_water
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._max_queue = max_queue

@@ -25,6 +25,7 @@ from peer.errors import (
     BeamError,
     ConnectionFailed,
     DeclinedError,
+    LocalProtocolError,
     NoPathError,
     NoReceiver,
     PairingError,
@@ -327,10 +328,23 @@ async def _connect(settings: Settings, server: str) -> SignalingClient:
         raise _signal_error(exc, server) from None
 
 
+HandOff = Callable[[], Awaitable["LinkReady"]]
+
+
 async def send(
-    settings: Settings, paths: Sequence[Path], on_event: OnEvent, *, code: str | None = None
+    settings: Settings,
+    paths: Sequence[Path],
+    on_event: OnEvent,
+    *,
+    code: str | None = None,
+    on_no_path: HandOff | None = None,
 ) -> Done:
     """Send files and folders to one receiver who joins with the printed code or link.
+
+    ``on_no_path``: when the receiver paired but no direct connection opens, this is
+    awaited (it uploads to the relay) and the link it returns is handed to the receiver in
+    a sealed envelope (docs/protocol.md §4.2), so its download starts by itself; then
+    NoPathError is raised as usual.
 
     Raises:
         BeamError: any failure, with a user message.
@@ -357,7 +371,11 @@ async def send(
             pairing = _Pairing(client, hs, settings)
             paired = await pairing.run()
             on_event(Paired_(paired.mode))
-            link = RtcLink(_servers(settings), high_water=settings.buffered_high)
+            link = RtcLink(
+                _servers(settings),
+                high_water=settings.buffered_high,
+                relay_only=settings.turn_only,
+            )
             try:
                 offer_sdp = await link.create_offer()
                 pairing.send({"type": "offer", "sdp": offer_sdp, "version": paired.version})
@@ -373,7 +391,18 @@ async def send(
         except SignalingError as exc:
             raise _signal_error(exc, settings.server) from None
         try:
-            await _open(link, settings)
+            try:
+                await _open(link, settings)
+            except NoPathError:
+                if on_no_path is None:
+                    raise
+                await link.close()
+                ready = await on_no_path()
+                with contextlib.suppress(SignalingError, LocalProtocolError):
+                    pairing.send({"type": "relay", "url": ready.url})
+                    await pairing.flush()
+                    await client.close("happy")
+                raise
             with contextlib.suppress(SignalingError):
                 await client.close("happy")
             on_event(Connected(link.via))
@@ -582,11 +611,18 @@ Decide = Callable[[Offer], Awaitable[bool]]
 
 
 async def receive(
-    settings: Settings, target: Target, dest: Path, on_event: OnEvent, decide: Decide
+    settings: Settings,
+    target: Target,
+    dest: Path,
+    on_event: OnEvent,
+    decide: Decide,
+    password: PasswordPrompt | None = None,
 ) -> Done:
     """Pair with a sender by code or link and receive into ``dest``.
 
-    ``decide`` is awaited with the offer and returns True to accept.
+    ``decide`` is awaited with the offer and returns True to accept. When no direct
+    connection opens and the sender hands over a relay link instead, the download
+    continues from the relay (``password`` is asked for a protected link).
 
     Raises:
         BeamError: any failure, with a user message.
@@ -605,7 +641,11 @@ async def receive(
             sdp = offer.get("sdp")
             if not isinstance(sdp, str):
                 raise RemoteProtocolError("offer without SDP")
-            link = RtcLink(_servers(settings), high_water=settings.buffered_high)
+            link = RtcLink(
+                _servers(settings),
+                high_water=settings.buffered_high,
+                relay_only=settings.turn_only,
+            )
             try:
                 answer_sdp = await link.create_answer(sdp)
                 pairing.send({"type": "answer", "sdp": answer_sdp})
@@ -616,7 +656,26 @@ async def receive(
         except SignalingError as exc:
             raise _signal_error(exc, target.server) from None
         try:
-            await _open(link, settings)
+            try:
+                await _open(link, settings)
+            except NoPathError as exc:
+                await link.close()
+                url = await _await_hand_off(pairing, settings, on_event)
+                drop = parse_drop_link(url) if url else None
+                if drop is None:
+                    raise exc from None
+                with contextlib.suppress(SignalingError):
+                    await client.close("happy")
+
+                async def no_password() -> str:
+                    raise PairingError(
+                        "no prompt", user_message="A password is needed: use --password-file FILE."
+                    )
+
+                done: Done = await download(
+                    settings, drop, dest, on_event, decide, password or no_password
+                )
+                return done
             with contextlib.suppress(SignalingError):
                 await client.close("happy")
             on_event(Connected(link.via))
@@ -626,6 +685,22 @@ async def receive(
     finally:
         with contextlib.suppress(Exception):
             await client.close("error")
+
+
+async def _await_hand_off(pairing: _Pairing, settings: Settings, on_event: OnEvent) -> str | None:
+    """After a failed direct connection, wait (bounded) for the sender's relay link."""
+    on_event(
+        RelayFallback(
+            "No direct connection: waiting for the sender to upload the study to the relay."
+        )
+    )
+    try:
+        async with asyncio.timeout(settings.handoff_timeout):
+            msg = await pairing.envelope("relay")
+    except (SignalingError, TimeoutError, BeamError):
+        return None  # the sender gave up, left, or does not use the relay
+    url = msg.get("url")
+    return url if isinstance(url, str) else None
 
 
 async def _receive_over(
@@ -786,13 +861,28 @@ async def send_or_relay(
 
     if relay == "always":
         return await to_relay("")
+    handed: list[LinkReady] = []
+
+    async def hand_off() -> LinkReady:
+        handed.append(
+            await to_relay(
+                "No direct connection: uploading the encrypted study to the relay; "
+                "the receiver gets the link automatically."
+            )
+        )
+        return handed[0]
+
     try:
-        return await send(settings, paths, on_event)
+        return await send(
+            settings, paths, on_event, on_no_path=None if relay == "never" else hand_off
+        )
     except NoReceiver:
         if relay == "never":
             raise
         return await to_relay("Nobody joined in time: uploading the encrypted study to the relay.")
     except NoPathError:
+        if handed:
+            return handed[0]
         if relay == "never":
             raise
         return await to_relay("No direct connection: uploading the encrypted study to the relay.")

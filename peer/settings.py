@@ -20,10 +20,12 @@ class Settings:
     turn: tuple[str, ...] = ()
     turn_user: str | None = None
     turn_password: str | None = None
+    turn_only: bool = False  # ICE uses only TURN candidates: hides our addresses from the peer
     open_timeout: float = 10.0  # reaching the signaling server
     wait_timeout: float = 600.0  # sender waiting for a receiver to join
     pair_timeout: float = 30.0  # PAKE + SDP exchange once both are present
     connect_timeout: float = 30.0  # ICE + DTLS + SCTP until the data channel opens
+    handoff_timeout: float = 4 * 3600.0  # receiver waiting for the sender's relay upload
     idle_timeout: float = 60.0  # no record from the peer for this long: give up
     buffered_high: int = 1 << 20  # data-channel high-water mark, bytes
     window: int = 128  # receive window, chunks (credit granted ahead of writes)
@@ -47,6 +49,13 @@ class Settings:
             values["turn_user"] = env["SCANBEAM_TURN_USER"]
         if env.get("SCANBEAM_TURN_PASSWORD"):
             values["turn_password"] = env["SCANBEAM_TURN_PASSWORD"]
+        for name in ("open_timeout", "wait_timeout", "connect_timeout", "idle_timeout"):
+            raw = env.get(f"SCANBEAM_{name.upper()}")
+            if raw:
+                try:
+                    values[name] = float(raw)
+                except ValueError:
+                    pass  # a malformed override keeps the default
         if env.get("SCANBEAM_HOME"):
             values["home"] = Path(env["SCANBEAM_HOME"])
         elif env.get("XDG_DATA_HOME"):

@@ -302,3 +302,35 @@ def test_download_survives_a_server_restart(tmp_path: Path) -> None:
         srv.wait(10)
         if srv.stdout is not None:
             srv.stdout.close()
+
+
+def test_no_direct_path_hands_the_relay_link_to_the_waiting_receiver(
+    server: Server, study: Path, tmp_path: Path
+) -> None:
+    """The receiver pairs but no direct connection can open (it allows only TURN and has
+    none): the sender uploads to the relay and hands the link over the sealed signaling
+    room; the receiver's download starts by itself."""
+    env = cli_env(SCANBEAM_CONNECT_TIMEOUT="3")
+    sender = spawn(["send", str(study), "--server", server.url, "--json"], env)
+    code = sender.next_event("code")["code"]
+    rcv = spawn(
+        [
+            "receive",
+            code,
+            "--server",
+            server.url,
+            "-o",
+            str(tmp_path / "o"),
+            "--yes",
+            "--json",
+            "--turn-only",
+        ],
+        env,
+    )
+    assert rcv.finish() == 0, rcv.stderr
+    assert sender.finish() == 0, sender.stderr
+    assert sender.event("fallback")["reason"].startswith("No direct connection")
+    assert sender.event("link")["url"].startswith(server.url + "/d/")
+    assert rcv.event("fallback")["reason"].startswith("No direct connection")
+    assert rcv.event("done")["via"] == "relay"
+    assert sha_tree(tmp_path / "o" / "STUDY") == sha_tree(study)
