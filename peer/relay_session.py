@@ -497,7 +497,7 @@ async def download(
                 except BaseException:
                     await loop.run_in_executor(None, dest.save)
                     raise
-            await client.complete(target.id, auth, claim)
+            await _complete(client, target.id, auth, claim)
             state.forget_claim(target.id)
         except RelayError as exc:
             raise _relay_error(exc, target.server) from None
@@ -512,6 +512,21 @@ async def download(
     )
     on_event(done)
     return done
+
+
+async def _complete(client: RelayClient, drop_id: str, auth: bytes, claim: str) -> None:
+    """Count the (verified, placed) download. Retried when the connection drops; a
+    ``claim`` answer to a retry means an earlier attempt was counted but its answer lost."""
+    for attempt in range(DOWNLOAD_RETRIES + 1):
+        try:
+            await client.complete(drop_id, auth, claim)
+            return
+        except RelayError as exc:
+            if exc.code == "claim" and attempt > 0:
+                return
+            if exc.code != "unreachable" or attempt == DOWNLOAD_RETRIES:
+                raise
+        await asyncio.sleep(0.5 * 2**attempt)
 
 
 async def _claim(client: RelayClient, target: DropTarget, keys: RelayKeys, meta: DropInfo) -> str:
