@@ -391,6 +391,26 @@ def _run_send(args: argparse.Namespace, settings: Settings, out: _Out) -> int:
     return 0
 
 
+def _without_uid_lists(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary for the offer event: per-series SOP UID lists (used by the completeness
+    check, up to one per file) are left out to keep the line small."""
+    studies = summary.get("studies")
+    if not isinstance(studies, list):
+        return summary
+    slim = []
+    for st in studies:
+        if isinstance(st, dict) and isinstance(st.get("series"), list):
+            st = {
+                **st,
+                "series": [
+                    {k: v for k, v in se.items() if k != "sop_uids"} if isinstance(se, dict) else se
+                    for se in st["series"]
+                ],
+            }
+        slim.append(st)
+    return {**summary, "studies": slim}
+
+
 def _print_offer(out: _Out, offer: session.Offer) -> None:
     from peer.dicom.summary import format_summary
 
@@ -399,7 +419,7 @@ def _print_offer(out: _Out, offer: session.Offer) -> None:
         files=offer.files,
         bytes=offer.bytes,
         held=offer.held,
-        summary=offer.summary,
+        summary=_without_uid_lists(offer.summary),
     )
     out.line(f"Offered: {offer.files} files, {human_bytes(offer.bytes)}")
     try:
@@ -435,6 +455,7 @@ def _run_receive(args: argparse.Namespace, settings: Settings, out: _Out) -> int
                 seconds=round(ev.seconds, 3),
                 sent_bytes=ev.sent_bytes,
                 dest=str(ev.dest.resolve()) if ev.dest else None,
+                completeness=ev.completeness,
             )
             rate = ev.sent_bytes / ev.seconds if ev.seconds > 0 else 0.0
             out.line(
@@ -442,6 +463,10 @@ def _run_receive(args: argparse.Namespace, settings: Settings, out: _Out) -> int
                 f"{human_duration(ev.seconds)} at {human_rate(rate)}; every file verified "
                 f"(SHA-256) and saved in {ev.dest.resolve() if ev.dest else '.'}"
             )
+            if ev.completeness is not None and ev.completeness.get("status") != "not-dicom":
+                from peer.dicom.complete import format_completeness
+
+                out.line(format_completeness(ev.completeness))
         else:
             _on_event_common(out, ev)
 

@@ -394,7 +394,7 @@ async def download(
     password: PasswordPrompt,
 ) -> Any:
     """Download, decrypt and verify a drop into ``root``; count it with the server."""
-    from peer.session import Done, Offer, _Progress
+    from peer.session import Done, Offer, _Progress, check_completeness
 
     started = time.monotonic()
     loop = asyncio.get_running_loop()
@@ -502,13 +502,16 @@ async def download(
         except RelayError as exc:
             raise _relay_error(exc, target.server) from None
     progress.add(0, force=True)
+    seconds = time.monotonic() - started  # the download, not the check below
+    completeness = await check_completeness(manifest, root)
     done = Done(
         via="relay",
         files=len(manifest.files),
         bytes=manifest.total_bytes,
-        seconds=time.monotonic() - started,
+        seconds=seconds,
         sent_bytes=manifest.total_bytes - held,
         dest=root,
+        completeness=completeness,
     )
     on_event(done)
     return done

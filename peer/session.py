@@ -144,6 +144,8 @@ class Done:
     sent_bytes: int = 0  # bytes that crossed the channel this run (excludes resumed data)
     dest: Path | None = None
     digests: tuple[str, ...] = field(default=())
+    # receiver: `peer.dicom.complete.Completeness.to_dict()` of the placed files, or None
+    completeness: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -703,6 +705,19 @@ async def _await_hand_off(pairing: _Pairing, settings: Settings, on_event: OnEve
     return url if isinstance(url, str) else None
 
 
+async def check_completeness(manifest: Manifest, root: Path) -> dict[str, Any] | None:
+    """The completeness check of placed files (in a worker thread); None if it failed."""
+    from peer.dicom.complete import check_study
+
+    try:
+        result = await asyncio.to_thread(
+            check_study, manifest.summary, root, [f.path for f in manifest.files]
+        )
+    except Exception:  # a report, never a reason to fail a verified transfer
+        return None
+    return result.to_dict()
+
+
 async def _receive_over(
     link: RtcLink,
     paired: Paired,
@@ -812,13 +827,16 @@ async def _receive_over(
         progress.add(0, force=True)
     await link.flush_and_close(1.0)
     m = machine.manifest
+    seconds = time.monotonic() - started  # the transfer, not the check below
+    completeness = await check_completeness(m, root)
     done = Done(
         via=link.via,
         files=len(m.files),
         bytes=m.total_bytes,
-        seconds=time.monotonic() - started,
+        seconds=seconds,
         sent_bytes=m.total_bytes - held,
         dest=root,
+        completeness=completeness,
     )
     on_event(done)
     return done

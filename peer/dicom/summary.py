@@ -43,6 +43,7 @@ _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
 
 _KEYWORDS = (
     "SOPClassUID",
+    "SOPInstanceUID",
     "StudyDate",
     "AccessionNumber",
     "Modality",
@@ -133,6 +134,8 @@ class _Header:
     rows: int | None
     cols: int | None
     transfer_syntax: str
+    sop_uid: str = ""
+    sop_class: str = ""
 
 
 @dataclass(slots=True)
@@ -146,6 +149,8 @@ class _Series:
     images: int = 0
     bytes: int = 0
     syntaxes: set[str] = field(default_factory=set)
+    sop_uids: list[str] = field(default_factory=list)
+    sop_classes: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -242,6 +247,8 @@ def _read_header(path: Path, size: int) -> _Header | None:
                 rows=_int(ds, "Rows"),
                 cols=_int(ds, "Columns"),
                 transfer_syntax=syntax,
+                sop_uid=clean_text(_value(ds, "SOPInstanceUID") or "", 64),
+                sop_class=clean_text(_value(ds, "SOPClassUID") or sop_class, 64),
             )
     except Exception:  # not DICOM, malformed, unreadable: an "other" file
         return None
@@ -272,7 +279,9 @@ def summarize(files: Iterable[tuple[str, Path]]) -> dict[str, object]:
         files), ``studies`` (sorted by date then UID, each with patient and study
         fields, ``modalities``, ``series_count``, ``image_count``, ``bytes`` and
         ``series`` sorted by number then UID) and ``other`` (the first `MAX_OTHER`
-        other relative paths, sorted). Transfer syntaxes are listed as UIDs.
+        other relative paths, sorted). Transfer syntaxes are listed as UIDs; each
+        series also lists its ``sop_classes`` and the sorted ``sop_uids`` of its
+        instances (for the receiver's completeness check, `peer.dicom.complete`).
     """
     studies: dict[str, _Study] = {}
     other: list[str] = []
@@ -301,6 +310,10 @@ def summarize(files: Iterable[tuple[str, Path]]) -> dict[str, object]:
         series.bytes += size
         if header.transfer_syntax:
             series.syntaxes.add(header.transfer_syntax)
+        if header.sop_uid:
+            series.sop_uids.append(header.sop_uid)
+        if header.sop_class:
+            series.sop_classes.add(header.sop_class)
 
     out_studies = [_study_dict(uid, study) for uid, study in studies.items()]
     out_studies.sort(key=lambda s: (str(s["study_date"]), str(s["study_uid"])))
@@ -343,6 +356,8 @@ def _study_dict(uid: str, study: _Study) -> dict[str, object]:
                 "rows": s.rows,
                 "cols": s.cols,
                 "transfer_syntaxes": sorted(s.syntaxes),
+                "sop_classes": sorted(s.sop_classes),
+                "sop_uids": sorted(s.sop_uids),
             }
             for s in series
         ],

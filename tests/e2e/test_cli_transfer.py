@@ -38,6 +38,7 @@ def test_study_arrives_byte_identical_and_verified(
     assert st["patient_name"] == "DOE, JANE"
     assert st["modalities"] == ["CT"]
     assert st["series_count"] == 3
+    assert all("sop_uids" not in se for se in st["series"])  # kept out of the offer line
     assert st["image_count"] == offer["summary"]["dicom_files"]
     assert offer["summary"]["other"] == ["CT_STUDY/report.pdf"]
     for peer in (sender, rcv):
@@ -45,6 +46,7 @@ def test_study_arrives_byte_identical_and_verified(
         assert done["via"] == "direct"
         assert done["files"] == offer["files"] and done["bytes"] == offer["bytes"]
         assert peer.event("progress")["bytes"] == offer["bytes"]
+    assert rcv.event("done")["completeness"]["status"] == "complete"
     # nothing is left behind in the staging area
     assert not (out / ".scanbeam-partial").exists()
 

@@ -62,6 +62,7 @@ def test_no_receiver_falls_back_to_relay_then_link_downloads(
     rcv = receive(server, link, out, "--yes")
     assert rcv.finish() == 0, rcv.stderr
     assert rcv.event("done")["via"] == "relay"
+    assert rcv.event("done")["completeness"]["status"] == "complete"
     assert sha_tree(out / "STUDY") == sha_tree(study)
     assert rcv.event("offer")["summary"]["studies"][0]["series_count"] == 2
 
