@@ -126,6 +126,15 @@ class ServerUnreachable(ConnectionFailed):
     code = "unreachable"
     default_message = "Cannot reach the ScanBeam server."
 
+    @classmethod
+    def at(cls, server: str, detail: str = "") -> ServerUnreachable:
+        """The error for a server URL the user can check (signaling and relay alike)."""
+        return cls(
+            detail or server,
+            user_message=f"Cannot reach the ScanBeam server at {server}. "
+            "Check --server or SCANBEAM_SERVER.",
+        )
+
 
 class PeerGone(ConnectionFailed):
     code = "peer-gone"

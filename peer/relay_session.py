@@ -111,11 +111,7 @@ def parse_drop_link(text: str) -> DropTarget | None:
 def _relay_error(exc: RelayError, server: str) -> BeamError:
     code = exc.code
     if code == "unreachable":
-        return ServerUnreachable(
-            str(exc),
-            user_message=f"Cannot reach the ScanBeam server at {server}. "
-            "Check --server or SCANBEAM_SERVER.",
-        )
+        return ServerUnreachable.at(server, str(exc))
     if code == "unknown":
         return UnknownCodeError(
             "unknown drop", user_message="This link is unknown: it may be mistyped or deleted."

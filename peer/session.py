@@ -210,11 +210,7 @@ def parse_target(text: str, default_server: str) -> Target:
 def _signal_error(exc: SignalingError, server: str) -> BeamError:
     code = exc.code
     if code == "unreachable":
-        return ServerUnreachable(
-            str(exc),
-            user_message=f"Cannot reach the ScanBeam server at {server}. "
-            "Check --server or SCANBEAM_SERVER.",
-        )
+        return ServerUnreachable.at(server, str(exc))
     if code == "peer-closed:wrong-code":
         return WrongCodeError("peer reported a wrong code")
     if code == "expired":

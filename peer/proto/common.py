@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import enum
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import zstandard
 
-from peer.errors import BeamError, RemoteError, RemoteProtocolError, error_for_code
+from peer.errors import (
+    BeamError,
+    LocalProtocolError,
+    RemoteError,
+    RemoteProtocolError,
+    error_for_code,
+)
 
-__all__ = ["PROBE_SKIP", "ChunkPacker", "Failed", "json_body", "remote_error", "unpack_chunk"]
+__all__ = [
+    "PROBE_SKIP",
+    "ChunkPacker",
+    "Failed",
+    "json_body",
+    "remote_error",
+    "require_state",
+    "transition",
+    "unpack_chunk",
+]
 
 # Compression is kept for a chunk only when it saves at least 1/16; after a chunk that
 # did not pay, the next PROBE_SKIP chunks of that file are sent without trying.
@@ -103,3 +119,28 @@ def unpack_chunk(
     if len(body) != expected:
         raise error(f"chunk length {len(body)}, expected {expected}")
     return body
+
+
+S = TypeVar("S", bound=enum.Enum)
+
+
+def require_state(name: str, current: enum.Enum, wanted: enum.Enum) -> None:
+    """Our own call out of order: raise LocalProtocolError ("<name> is X, not Y")."""
+    if current is not wanted:
+        raise LocalProtocolError(f"{name} is {current.value}, not {wanted.value}")
+
+
+def transition(
+    name: str,
+    table: Mapping[S, frozenset[S]],
+    current: S,
+    new: S,
+    trace: Callable[[str], None] | None,
+    trace_name: str | None = None,
+) -> S:
+    """Check ``current -> new`` against the machine's table, trace it, return ``new``."""
+    if new not in table[current]:
+        raise LocalProtocolError(f"{name} {current.value} -> {new.value}")
+    if trace is not None:
+        trace(f"{trace_name or name}[{current.value}] -> {new.value}")
+    return new

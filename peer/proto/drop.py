@@ -37,7 +37,14 @@ from typing import Protocol
 import zstandard
 
 from peer.errors import BeamError, IntegrityError, LocalProtocolError, UnsafeManifestError
-from peer.proto.common import ChunkPacker, Failed, json_body, unpack_chunk
+from peer.proto.common import (
+    ChunkPacker,
+    Failed,
+    json_body,
+    require_state,
+    transition,
+    unpack_chunk,
+)
 from peer.proto.keys import RelayKeys
 from peer.proto.manifest import Manifest, decode_manifest, encode_manifest
 from peer.proto.receiver import MAX_MANIFEST_WIRE, ChunkReceived, FileVerified, Offered
@@ -351,15 +358,12 @@ class DropWriter:
         return 4 + len(record)
 
     def _require(self, state: WriterState) -> None:
-        if self.state is not state:
-            raise LocalProtocolError(f"drop writer is {self.state.value}, not {state.value}")
+        require_state("drop writer", self.state, state)
 
     def _set(self, state: WriterState) -> None:
-        if state not in _WRITER_TRANSITIONS[self.state]:
-            raise LocalProtocolError(f"drop writer {self.state.value} -> {state.value}")
-        if self.trace is not None:
-            self.trace(f"drop-writer[{self.state.value}] -> {state.value}")
-        self.state = state
+        self.state = transition(
+            "drop writer", _WRITER_TRANSITIONS, self.state, state, self.trace, "drop-writer"
+        )
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -816,16 +820,13 @@ class DropReader:
         """False if FAILED (ignore the input); raise if the call is out of order."""
         if self.state is ReaderState.FAILED:
             return False
-        if self.state is not state:
-            raise LocalProtocolError(f"drop reader is {self.state.value}, not {state.value}")
+        require_state("drop reader", self.state, state)
         return True
 
     def _set(self, state: ReaderState) -> None:
-        if state not in _READER_TRANSITIONS[self.state]:
-            raise LocalProtocolError(f"drop reader {self.state.value} -> {state.value}")
-        if self.trace is not None:
-            self.trace(f"drop-reader[{self.state.value}] -> {state.value}")
-        self.state = state
+        self.state = transition(
+            "drop reader", _READER_TRANSITIONS, self.state, state, self.trace, "drop-reader"
+        )
 
     def _fail(self, exc: BeamError) -> None:
         if self.trace is not None:

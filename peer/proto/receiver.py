@@ -23,7 +23,14 @@ from peer.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from peer.proto.common import Failed, json_body, remote_error, unpack_chunk
+from peer.proto.common import (
+    Failed,
+    json_body,
+    remote_error,
+    require_state,
+    transition,
+    unpack_chunk,
+)
 from peer.proto.keys import SessionKeys
 from peer.proto.manifest import Manifest, decode_manifest
 from peer.proto.records import (
@@ -347,15 +354,10 @@ class Receiver:
         self._seq += 1
 
     def _require(self, state: ReceiverState) -> None:
-        if self.state is not state:
-            raise LocalProtocolError(f"receiver is {self.state.value}, not {state.value}")
+        require_state("receiver", self.state, state)
 
     def _set(self, state: ReceiverState) -> None:
-        if state not in _TRANSITIONS[self.state]:
-            raise LocalProtocolError(f"receiver {self.state.value} -> {state.value}")
-        if self.trace is not None:
-            self.trace(f"receiver[{self.state.value}] -> {state.value}")
-        self.state = state
+        self.state = transition("receiver", _TRANSITIONS, self.state, state, self.trace)
 
     def _fail(self, exc: BeamError, *, notify: bool = True) -> None:
         if notify:

@@ -21,7 +21,14 @@ from peer.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from peer.proto.common import ChunkPacker, Failed, json_body, remote_error
+from peer.proto.common import (
+    ChunkPacker,
+    Failed,
+    json_body,
+    remote_error,
+    require_state,
+    transition,
+)
 from peer.proto.keys import SessionKeys
 from peer.proto.manifest import Manifest, encode_manifest
 from peer.proto.records import (
@@ -332,19 +339,14 @@ class Sender:
         self._seq += 1
 
     def _require(self, state: SenderState) -> None:
-        if self.state is not state:
-            raise LocalProtocolError(f"sender is {self.state.value}, not {state.value}")
+        require_state("sender", self.state, state)
 
     def _require_peer(self, state: SenderState, rtype: RecordType) -> None:
         if self.state is not state:
             raise RemoteProtocolError(f"{rtype.name} while {self.state.value}")
 
     def _set(self, state: SenderState) -> None:
-        if state not in _TRANSITIONS[self.state]:
-            raise LocalProtocolError(f"sender {self.state.value} -> {state.value}")
-        if self.trace is not None:
-            self.trace(f"sender[{self.state.value}] -> {state.value}")
-        self.state = state
+        self.state = transition("sender", _TRANSITIONS, self.state, state, self.trace)
 
     def _fail(self, exc: BeamError, *, notify: bool = True, event: Event | None = None) -> None:
         if notify:
