@@ -6,8 +6,11 @@ paths, sizes, counts and the display summary.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
+import struct
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,8 +23,13 @@ from peer.errors import RemoteProtocolError, UnsafeManifestError
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "MAX_FILE_SIZE",
+    "MAX_PREVIEWS",
+    "MAX_PREVIEW_BYTES",
+    "MAX_PREVIEW_PX",
+    "PNG_SIGNATURE",
     "FileEntry",
     "Manifest",
+    "SeriesPreview",
     "check_path",
     "clean_text",
     "decode_manifest",
@@ -35,6 +43,12 @@ MAX_FILE_SIZE = 1 << 44  # 16 TiB
 MAX_PATH_BYTES = 1024
 MAX_COMPONENT_BYTES = 255
 MAX_DEPTH = 32
+MAX_PREVIEWS = 64  # series thumbnails per manifest (§5.1 "previews")
+MAX_PREVIEW_PX = 256  # width and height limit of one thumbnail
+MAX_PREVIEW_BYTES = 64 * 1024  # one decoded PNG
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_IHDR = struct.Struct("!I4sII")  # chunk length, type, width, height
+_MAX_PREVIEW_B64 = 4 * -(-MAX_PREVIEW_BYTES // 3)
 
 _WINDOWS_DEVICES = frozenset(
     ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
@@ -134,10 +148,21 @@ class FileEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class SeriesPreview:
+    """A thumbnail of one series (display only): PNG bytes of ``w`` x ``h`` pixels."""
+
+    series: str
+    png: bytes
+    w: int
+    h: int
+
+
+@dataclass(frozen=True, slots=True)
 class Manifest:
     files: tuple[FileEntry, ...]
     chunk_size: int = DEFAULT_CHUNK_SIZE
     summary: Mapping[str, Any] = field(default_factory=dict)
+    previews: tuple[SeriesPreview, ...] = ()
 
     @property
     def total_bytes(self) -> int:
@@ -156,6 +181,17 @@ def encode_manifest(manifest: Manifest) -> bytes:
         "files": [[f.path, f.size, f.mtime_ns, f.prefix.hex()] for f in manifest.files],
         "summary": manifest.summary,
     }
+    if manifest.previews:
+        doc["previews"] = [
+            {
+                "series": p.series,
+                "mime": "image/png",
+                "data": base64.b64encode(p.png).decode("ascii"),
+                "w": p.w,
+                "h": p.h,
+            }
+            for p in manifest.previews
+        ]
     raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return bytes(zstandard.ZstdCompressor(level=3).compress(raw))
 
@@ -211,7 +247,51 @@ def decode_manifest(
         files=files,
         chunk_size=chunk_size,
         summary=_clean_summary(summary) if isinstance(summary, dict) else {},
+        previews=_previews(doc.get("previews")),
     )
+
+
+def _previews(value: object) -> tuple[SeriesPreview, ...]:
+    """The valid thumbnails among the first `MAX_PREVIEWS` entries; bad ones are dropped
+    (they are display only: never a reason to refuse the offer)."""
+    if not isinstance(value, list):
+        return ()
+    out: list[SeriesPreview] = []
+    seen: set[str] = set()
+    for item in value[:MAX_PREVIEWS]:
+        preview = _preview(item)
+        if preview is not None and preview.series not in seen:
+            seen.add(preview.series)
+            out.append(preview)
+    return tuple(out)
+
+
+def _dimension(n: object) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_PREVIEW_PX
+
+
+def _preview(item: object) -> SeriesPreview | None:
+    if not isinstance(item, dict) or item.get("mime") != "image/png":
+        return None
+    series, data, w, h = item.get("series"), item.get("data"), item.get("w"), item.get("h")
+    if not isinstance(series, str) or not series or len(series) > 200:
+        return None
+    if not isinstance(data, str) or len(data) > _MAX_PREVIEW_B64:
+        return None
+    if not _dimension(w) or not _dimension(h):
+        return None
+    try:
+        png = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(png) > MAX_PREVIEW_BYTES or not png.startswith(PNG_SIGNATURE):
+        return None
+    if len(png) < len(PNG_SIGNATURE) + _IHDR.size:
+        return None
+    length, kind, width, height = _IHDR.unpack_from(png, len(PNG_SIGNATURE))
+    if length != 13 or kind != b"IHDR" or (width, height) != (w, h):
+        return None
+    return SeriesPreview(series=clean_text(series), png=png, w=width, h=height)
 
 
 def _entry(item: object) -> FileEntry:

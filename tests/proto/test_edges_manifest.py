@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 
@@ -11,8 +12,13 @@ import zstandard
 from peer.errors import RemoteProtocolError, UnsafeManifestError
 from peer.proto.manifest import (
     MAX_FILE_SIZE,
+    MAX_PREVIEW_BYTES,
+    MAX_PREVIEW_PX,
+    MAX_PREVIEWS,
+    PNG_SIGNATURE,
     FileEntry,
     Manifest,
+    SeriesPreview,
     check_path,
     decode_manifest,
     encode_manifest,
@@ -216,3 +222,94 @@ def test_a_missing_summary_is_empty() -> None:
     doc = _doc()
     del doc["summary"]
     assert decode_manifest(_raw(doc)).summary == {}
+
+
+# previews (display only: bad entries are dropped, never fatal)
+
+
+def _png(w: int = 2, h: int = 3, extra: bytes = b"\x00" * 32) -> bytes:
+    """A PNG signature and IHDR chunk (enough for the manifest's checks)."""
+    ihdr = struct.pack("!I4sIIBBBBB", 13, b"IHDR", w, h, 8, 0, 0, 0, 0)
+    return PNG_SIGNATURE + ihdr + b"\x00\x00\x00\x00" + extra
+
+
+def _entry(**kw: object) -> dict[str, object]:
+    doc: dict[str, object] = {
+        "series": "1.2.3",
+        "mime": "image/png",
+        "data": base64.b64encode(_png()).decode(),
+        "w": 2,
+        "h": 3,
+    }
+    doc.update(kw)
+    return doc
+
+
+def _decoded_previews(previews: object) -> tuple[SeriesPreview, ...]:
+    return decode_manifest(_raw(_doc(previews=previews))).previews
+
+
+def test_previews_round_trip() -> None:
+    p = SeriesPreview(series="1.2.3", png=_png(), w=2, h=3)
+    q = SeriesPreview(series="1.2.4", png=_png(4, 5), w=4, h=5)
+    m = Manifest(files=(FileEntry("a", 1, 0, b"\0" * 16),), previews=(p, q))
+    assert decode_manifest(encode_manifest(m)).previews == (p, q)
+    doc = json.loads(zstandard.ZstdDecompressor().decompress(encode_manifest(m)))
+    assert doc["previews"][0] == _entry()  # the wire form of INTERFACES.md, standard base64
+
+
+def test_manifest_without_previews_has_no_key() -> None:
+    m = Manifest(files=(FileEntry("a", 1, 0, b"\0" * 16),))
+    doc = json.loads(zstandard.ZstdDecompressor().decompress(encode_manifest(m)))
+    assert "previews" not in doc
+    assert decode_manifest(encode_manifest(m)).previews == ()
+
+
+@pytest.mark.parametrize("previews", [None, {}, "x", 3])
+def test_previews_not_a_list_are_ignored(previews: object) -> None:
+    assert _decoded_previews(previews) == ()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "entry",
+        _entry(mime="image/jpeg"),
+        _entry(series=7),
+        _entry(series=""),
+        _entry(series="1" * 201),
+        _entry(data=5),
+        _entry(data="A" * (4 * ((MAX_PREVIEW_BYTES + 2) // 3) + 4)),
+        _entry(data="not base64!"),
+        _entry(data=base64.b64encode(b"GIF89a" + b"\0" * 40).decode()),
+        _entry(data=base64.b64encode(_png(extra=b"\0" * MAX_PREVIEW_BYTES)).decode()),
+        _entry(data=base64.b64encode(PNG_SIGNATURE + b"\0" * 8).decode()),
+        _entry(data=base64.b64encode(_png()[:16] + b"IHDX" + _png()[20:]).decode()),
+        _entry(data=base64.b64encode(b"\0\0\0\x0e".join([PNG_SIGNATURE, _png()[12:]])).decode()),
+        _entry(w=3),
+        _entry(h=2),
+        _entry(w=True),
+        _entry(h="3"),
+        _entry(w=0),
+        _entry(h=MAX_PREVIEW_PX + 1),
+        _entry(data=base64.b64encode(_png(MAX_PREVIEW_PX + 1, 3)).decode(), w=MAX_PREVIEW_PX + 1),
+    ],
+)
+def test_bad_preview_entries_are_dropped_not_fatal(bad: object) -> None:
+    good = _entry(series="9.9")
+    previews = _decoded_previews([bad, good])
+    assert [p.series for p in previews] == ["9.9"]
+
+
+def test_previews_are_limited_deduplicated_and_cleaned() -> None:
+    many = [_entry(series=f"1.{i}") for i in range(MAX_PREVIEWS + 5)]
+    assert len(_decoded_previews(many)) == MAX_PREVIEWS
+    twice = _decoded_previews([_entry(), _entry(data=base64.b64encode(_png(extra=b"1")).decode())])
+    assert len(twice) == 1 and twice[0].png == _png()
+    (shown,) = _decoded_previews([_entry(series="1.2\x1b[31m.3\u202e")])
+    assert shown.series == "1.2[31m.3"
+    big = _png(MAX_PREVIEW_PX, MAX_PREVIEW_PX)
+    (edge,) = _decoded_previews(
+        [_entry(data=base64.b64encode(big).decode(), w=MAX_PREVIEW_PX, h=MAX_PREVIEW_PX)]
+    )
+    assert (edge.w, edge.h) == (MAX_PREVIEW_PX, MAX_PREVIEW_PX)

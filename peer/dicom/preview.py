@@ -1,0 +1,498 @@
+"""Series preview thumbnails for the offer (docs/protocol.md §5.1 ``previews``).
+
+`make_previews` picks the middle image of each series (sorted along the slice normal by
+ImagePositionPatient, else by InstanceNumber, else by path), decodes that one image (the
+middle frame of a multi-frame one) with pydicom, renders it for display and encodes a
+small PNG:
+
+- grey images: Modality LUT (RescaleSlope/Intercept or a Modality LUT Sequence), then the
+  VOI (the first WindowCenter/WindowWidth pair with its VOILUTFunction, else the first VOI
+  LUT, else the image's min..max), MONOCHROME1 inverted;
+- colour: RGB as is, YBR_FULL / YBR_FULL_422 converted to RGB by pydicom, PALETTE COLOR
+  through its palette (``apply_color_lut``);
+- area-averaged down to at most `DEFAULT_SIZE` px on the long side (pixel aspect from
+  PixelSpacing / PixelAspectRatio), in NumPy.
+
+Compressed transfer syntaxes are decoded by the permissively licensed pydicom plugins the
+project installs (pylibjpeg-openjpeg, pylibjpeg-rle, pyjpegls, python-gdcm, Pillow; never
+the GPL pylibjpeg-libjpeg). A series whose image cannot be decoded, has no pixel data or is
+too large gets no preview and a `Skipped` reason; nothing here raises on file content.
+
+Only headers and one image per series are read. The whole run is time-boxed (``budget``
+seconds, checked before each file and series): a huge study never delays the offer long.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_partial
+from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag, Tag
+
+__all__ = [
+    "DEFAULT_BUDGET",
+    "DEFAULT_SIZE",
+    "MAX_PNG_BYTES",
+    "MAX_PREVIEWS",
+    "MAX_SIZE",
+    "Preview",
+    "PreviewResult",
+    "Skipped",
+    "make_previews",
+    "render",
+    "render_file",
+]
+
+DEFAULT_SIZE = 128  # long side of a thumbnail, px
+MAX_SIZE = 256  # protocol limit (docs/protocol.md §5.1)
+MAX_PREVIEWS = 64  # protocol limit
+MAX_PNG_BYTES = 64 * 1024  # protocol limit
+DEFAULT_BUDGET = 5.0  # seconds for all previews of one offer
+MAX_PIXELS = 40_000_000  # samples of the one decoded frame (memory bound: ~160 MB float32)
+
+_HEADER_KEYWORDS = (
+    "SOPClassUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "InstanceNumber",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+)
+_HEADER_TAGS: list[BaseTag | int] = [Tag(kw) for kw in _HEADER_KEYWORDS]
+_LAST_HEADER_TAG = max(int(t) for t in _HEADER_TAGS)
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_MAX_DEFLATED = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """One series thumbnail: PNG bytes of ``w`` x ``h`` pixels."""
+
+    series: str
+    png: bytes
+    w: int
+    h: int
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A series without a preview and why (plain words, no PHI)."""
+
+    series: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewResult:
+    previews: tuple[Preview, ...] = ()
+    skipped: tuple[Skipped, ...] = ()
+    seconds: float = 0.0
+
+
+class _NoPreview(Exception):
+    """This image cannot be previewed; ``str(exc)`` says why in plain words."""
+
+
+@dataclass(slots=True)
+class _Member:
+    path: Path
+    number: int | None
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+
+
+@dataclass(slots=True)
+class _SeriesFiles:
+    uid: str
+    members: list[_Member] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- choosing
+
+
+def _past_header(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return int(tag) > _LAST_HEADER_TAG
+
+
+def _floats(value: object, n: int) -> tuple[float, ...] | None:
+    try:
+        items = tuple(float(v) for v in value)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return None
+    if len(items) != n or not all(math.isfinite(v) for v in items):
+        return None
+    return items
+
+
+def _read_member(path: Path) -> tuple[str, _Member] | None:
+    """Series UID and sort keys of one file; None if it is not a usable DICOM file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with path.open("rb") as fp:
+                ds = read_partial(
+                    fp,
+                    stop_when=_past_header,
+                    defer_size=1024,
+                    force=False,
+                    specific_tags=_HEADER_TAGS,
+                )
+            series = str(ds.get("SeriesInstanceUID", "") or "").strip()
+            if not series or not ds.file_meta.get("TransferSyntaxUID"):
+                return None
+            number: int | None
+            try:
+                raw = ds.get("InstanceNumber")
+                number = None if raw in (None, "") else int(raw)
+            except (TypeError, ValueError):
+                number = None
+            position = _floats(ds.get("ImagePositionPatient"), 3)
+            orientation = _floats(ds.get("ImageOrientationPatient"), 6)
+    except Exception:  # not DICOM, malformed, unreadable: not a preview candidate
+        return None
+    return series, _Member(path, number, position, orientation)  # type: ignore[arg-type]
+
+
+def _ordered(members: Sequence[_Member]) -> list[_Member]:
+    """Slice order: along the normal when every image has a position and one
+    orientation, else by InstanceNumber when all have one, else by path."""
+    first = members[0].orientation
+    if first is not None and all(
+        m.position is not None and m.orientation == first for m in members
+    ):
+        row, col = np.array(first[:3]), np.array(first[3:])
+        normal = np.cross(row, col)
+
+        def along(m: _Member) -> tuple[float, str]:
+            return float(np.dot(normal, np.array(m.position))), str(m.path)
+
+        return sorted(members, key=along)
+    if all(m.number is not None for m in members):
+        return sorted(members, key=lambda m: (m.number, str(m.path)))
+    return sorted(members, key=lambda m: str(m.path))
+
+
+def middle(members: Sequence[_Member]) -> _Member:
+    """The middle image of a series (the lower one of an even count)."""
+    ordered = _ordered(members)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _first(value: object) -> float:
+    if isinstance(value, MultiValue | list | tuple):
+        value = value[0]
+    return float(value)  # type: ignore[arg-type]
+
+
+def _window(
+    x: NDArray[np.float32], center: float, width: float, function: str
+) -> NDArray[np.float32]:
+    """PS3.3 C.11.2.1.2 (LINEAR), C.11.2.1.3.2 (LINEAR_EXACT, SIGMOID) onto 0..1."""
+    if function == "SIGMOID":
+        out = 1.0 / (1.0 + np.exp(np.clip(-4.0 * (x - center) / width, -80.0, 80.0)))
+    elif function == "LINEAR_EXACT":
+        out = (x - center) / width + 0.5
+    else:
+        out = (x - (center - 0.5)) / (width - 1.0) + 0.5
+    return _unit(out)
+
+
+def _unit(x: NDArray[Any]) -> NDArray[np.float32]:
+    return np.asarray(np.clip(x, 0.0, 1.0), dtype=np.float32)
+
+
+def _minmax(x: NDArray[Any]) -> NDArray[np.float32]:
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if hi <= lo:
+        return np.zeros(x.shape, np.float32)
+    return ((x.astype(np.float32) - lo) / (hi - lo)).astype(np.float32)
+
+
+def _voi_lut(values: NDArray[np.float32], ds: Dataset) -> NDArray[np.float32]:
+    """The first VOI LUT, its output range mapped onto 0..1."""
+    from pydicom.pixels.processing import apply_voi_lut
+
+    first, n = (
+        int(ds.VOILUTSequence[0].LUTDescriptor[1]),
+        int(ds.VOILUTSequence[0].LUTDescriptor[0]),
+    )
+    n = n or 65536
+    table = apply_voi_lut(np.arange(first, first + n, dtype=np.int64), ds, prefer_lut=True)
+    lo, hi = float(np.min(table)), float(np.max(table))
+    mapped = apply_voi_lut(np.rint(values).astype(np.int64), ds, prefer_lut=True)
+    if hi <= lo:
+        return np.zeros(values.shape, np.float32)
+    return _unit((mapped.astype(np.float32) - lo) / (hi - lo))
+
+
+def _grey(arr: NDArray[Any], ds: Dataset) -> NDArray[np.float32]:
+    """Modality LUT, VOI, MONOCHROME1 inversion: grey values 0..1."""
+    from pydicom.pixels.processing import apply_modality_lut
+
+    if "ModalityLUTSequence" in ds:
+        values = apply_modality_lut(arr, ds).astype(np.float32)
+    else:
+        values = arr.astype(np.float32)
+        slope = _first(ds.get("RescaleSlope", 1) or 1)
+        intercept = _first(ds.get("RescaleIntercept", 0) or 0)
+        if slope != 1.0 or intercept != 0.0:
+            values = values * np.float32(slope) + np.float32(intercept)
+    out: NDArray[np.float32] | None = None
+    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if center not in (None, "") and width not in (None, ""):
+        c, w = _first(center), _first(width)
+        function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+        if math.isfinite(c) and math.isfinite(w) and w >= (1.0 if function == "LINEAR" else 0):
+            if w > 0:
+                out = _window(values, c, w, function)
+    if out is None and "VOILUTSequence" in ds and len(ds.VOILUTSequence):
+        out = _voi_lut(values, ds)
+    if out is None:
+        out = _minmax(values)
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+        out = (1.0 - out).astype(np.float32)
+    return out
+
+
+def _colour(arr: NDArray[Any], ds: Dataset, photometric: str) -> NDArray[np.float32]:
+    """RGB values 0..1 (pydicom already converted YBR to RGB)."""
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels.processing import apply_color_lut
+
+        rgb = apply_color_lut(arr, ds)
+        top = 255.0 if rgb.dtype == np.uint8 else 65535.0
+        return (rgb.astype(np.float32) / np.float32(top)).astype(np.float32)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise _NoPreview("colour image without three samples per pixel")
+    bits = int(ds.get("BitsStored", 8) or 8)
+    top = float((1 << min(max(bits, 1), 16)) - 1)
+    return _unit(arr.astype(np.float32) / np.float32(top))
+
+
+def _aspect(ds: Dataset) -> float:
+    """Physical height / width of one pixel, clamped to 1/4..4."""
+    try:
+        if "PixelAspectRatio" in ds:
+            v, h = (float(x) for x in ds.PixelAspectRatio)
+            ratio = v / h
+        elif "PixelSpacing" in ds:
+            row, col = (float(x) for x in ds.PixelSpacing)
+            ratio = row / col
+        else:
+            return 1.0
+    except (TypeError, ValueError, ZeroDivisionError, AttributeError):
+        return 1.0
+    return min(4.0, max(0.25, ratio)) if math.isfinite(ratio) and ratio > 0 else 1.0
+
+
+def _area_axis(img: NDArray[np.float64], n: int, axis: int) -> NDArray[np.float64]:
+    """Area-average ``img`` along ``axis`` onto ``n`` samples (exact box filter).
+
+    Integrates the piecewise-constant signal: its cumulative sum, interpolated linearly,
+    is exact at fractional box edges.
+    """
+    m = img.shape[axis]
+    if n == m:
+        return img
+    moved = np.moveaxis(img, axis, 0)
+    cum = np.concatenate([np.zeros((1, *moved.shape[1:])), np.cumsum(moved, axis=0)], axis=0)
+    edges = np.arange(n + 1, dtype=np.float64) * (m / n)
+    lo = np.minimum(np.floor(edges).astype(np.int64), m - 1)
+    frac = (edges - lo).reshape((-1,) + (1,) * (moved.ndim - 1))
+    at = cum[lo] + (cum[lo + 1] - cum[lo]) * frac
+    out = (at[1:] - at[:-1]) / (m / n)
+    return np.moveaxis(out, 0, axis)
+
+
+def downscale(img: NDArray[np.float32], out_h: int, out_w: int) -> NDArray[np.float64]:
+    """Area averaging to ``out_h`` x ``out_w`` (2-D grey or 3-D RGB, values kept).
+
+    Whole-number factors are reduced first by block means on float32 (cheap on large
+    images, exact when the size divides); the remaining fractional step integrates.
+    """
+    h, w = img.shape[:2]
+    fy, fx = max(1, h // (2 * out_h)), max(1, w // (2 * out_w))
+    if fy > 1 or fx > 1:
+        hh, ww = (h // fy) * fy, (w // fx) * fx
+        cut = img[:hh, :ww]
+        shape = (hh // fy, fy, ww // fx, fx, *img.shape[2:])
+        img = cut.reshape(shape).mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
+    out = _area_axis(img.astype(np.float64), out_h, 0)
+    return _area_axis(out, out_w, 1)
+
+
+def _target(h: int, w: int, aspect: float, size: int) -> tuple[int, int]:
+    ph = h * aspect  # physical height in column-pixel units
+    scale = min(1.0, size / max(ph, w))
+    return max(1, round(ph * scale)), max(1, round(w * scale))
+
+
+def _png(img: NDArray[np.float64]) -> bytes:
+    from PIL import Image
+
+    data = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+    im = Image.fromarray(data, mode="RGB" if data.ndim == 3 else "L")
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def render(arr: NDArray[Any], ds: Dataset, size: int = DEFAULT_SIZE) -> NDArray[np.float64]:
+    """One decoded frame to display values 0..1, at most ``size`` px on the long side.
+
+    Returns:
+        A 2-D (grey) or 3-D (RGB) float array.
+
+    Raises:
+        _NoPreview: an unsupported photometric interpretation or sample layout.
+    """
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        if arr.ndim != 2:
+            raise _NoPreview("grey image with an unexpected sample layout")
+        img = _grey(arr, ds)
+    elif photometric in (
+        "RGB",
+        "YBR_FULL",
+        "YBR_FULL_422",
+        "YBR_ICT",
+        "YBR_RCT",
+        "PALETTE COLOR",
+    ):
+        img = _colour(arr, ds, photometric)
+    else:
+        raise _NoPreview(f"photometric interpretation {photometric or '(none)'} not supported")
+    out_h, out_w = _target(img.shape[0], img.shape[1], _aspect(ds), size)
+    return downscale(img, out_h, out_w)
+
+
+def _decode_one(path: Path) -> tuple[NDArray[Any], Dataset]:
+    """The header and the middle frame of one file; raises `_NoPreview` with a reason."""
+    from pydicom.pixels.utils import pixel_array
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ds = dcmread(path, stop_before_pixels=True, defer_size=1 << 20)
+            rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+            samples = int(ds.get("SamplesPerPixel", 1) or 1)
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+        except Exception:
+            raise _NoPreview("could not read the image header") from None
+        if rows <= 0 or cols <= 0:
+            raise _NoPreview("no image (no image size in the header)")
+        if rows * cols * samples > MAX_PIXELS:
+            raise _NoPreview(f"image too large to preview ({cols}x{rows})")
+        index = frames // 2 if frames > 1 else None
+        syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+        try:
+            if syntax == _DEFLATED:
+                # pydicom decodes a deflated file only from a dataset read whole
+                if path.stat().st_size > _MAX_DEFLATED:
+                    raise _NoPreview("deflated file too large to preview")
+                arr = pixel_array(dcmread(path), index=index)
+            else:
+                arr = pixel_array(str(path), index=index)
+        except _NoPreview:
+            raise
+        except Exception as exc:
+            raise _NoPreview(_decode_reason(ds, exc)) from None
+    return arr, ds
+
+
+def _decode_reason(ds: Dataset, exc: Exception) -> str:
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    name = getattr(syntax, "name", "") or str(syntax or "unknown")
+    text = str(exc)
+    if "no pixel data" in text.lower() or "no 'pixel data'" in text.lower():
+        return "no image (no pixel data)"
+    if "does not support" in text or ("missing" in text and "dependenc" in text):
+        bits = ds.get("BitsStored")
+        detail = f", {bits}-bit" if isinstance(bits, int) else ""
+        return f"no permissively licensed decoder for {name}{detail}"
+    return f"could not decode ({name})"
+
+
+def render_file(path: Path, size: int = DEFAULT_SIZE) -> tuple[bytes, int, int]:
+    """PNG bytes, width and height of the preview of one file (its middle frame).
+
+    Raises:
+        _NoPreview: with a reason in plain words.
+    """
+    arr, ds = _decode_one(path)
+    for attempt in (size, size * 3 // 4, size // 2):
+        img = render(arr, ds, attempt)
+        png = _png(img)
+        if len(png) <= MAX_PNG_BYTES:
+            return png, int(img.shape[1]), int(img.shape[0])
+    raise _NoPreview("thumbnail larger than 64 KiB")
+
+
+def make_previews(
+    files: Iterable[Path],
+    *,
+    size: int = DEFAULT_SIZE,
+    budget: float = DEFAULT_BUDGET,
+    max_previews: int = MAX_PREVIEWS,
+    clock: Callable[[], float] = time.monotonic,
+) -> PreviewResult:
+    """One thumbnail per series of the DICOM files among ``files`` (never raises).
+
+    Args:
+        files: Paths of the offered files; non-DICOM ones are ignored.
+        size: Long side of each thumbnail in px (1..`MAX_SIZE`).
+        budget: Seconds for the whole run; series not reached in time are skipped with
+            the reason "time limit".
+        max_previews: At most this many series get a preview (protocol limit 64).
+        clock: Monotonic seconds (tests pass a fake one).
+
+    Returns:
+        Previews in series order of first appearance, and the skipped series with reasons.
+    """
+    size = min(max(1, size), MAX_SIZE)
+    max_previews = min(max(0, max_previews), MAX_PREVIEWS)
+    start = clock()
+    series: dict[str, _SeriesFiles] = {}
+    out_of_time = False
+    for path in files:
+        if clock() - start > budget:
+            out_of_time = True
+            break
+        found = _read_member(path)
+        if found is not None:
+            uid, member = found
+            series.setdefault(uid, _SeriesFiles(uid)).members.append(member)
+    previews: list[Preview] = []
+    skipped: list[Skipped] = []
+    for s in series.values():
+        if out_of_time or clock() - start > budget:
+            out_of_time = True
+            skipped.append(Skipped(s.uid, "time limit for previews reached"))
+            continue
+        if len(previews) >= max_previews:
+            skipped.append(Skipped(s.uid, f"more than {max_previews} series"))
+            continue
+        try:
+            png, w, h = render_file(middle(s.members).path, size)
+        except _NoPreview as exc:
+            skipped.append(Skipped(s.uid, str(exc)))
+        except Exception as exc:  # pragma: no cover - a decoder bug must not stop the offer
+            skipped.append(Skipped(s.uid, f"could not render ({type(exc).__name__})"))
+        else:
+            previews.append(Preview(s.uid, png, w, h))
+    return PreviewResult(tuple(previews), tuple(skipped), clock() - start)
