@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck coverage unit bench clean
+.PHONY: setup demo test lint typecheck coverage unit bench clean deps-dicom
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 python3-venv; }
@@ -16,6 +16,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# dcmtk makes the compressed DICOM fixtures of tests/peer/test_preview.py (dcmcrle, dcmcjpls,
+# dcmcjpeg); the tests fail loudly without it
+deps-dicom:
+	@command -v dcmcjpls >/dev/null || { apt-get update -qq && apt-get install -y -qq dcmtk; }
+	@command -v dcmcrle >/dev/null && command -v dcmcjpeg >/dev/null
 
 demo: setup
 	$(BIN)/python -m peer.demo
@@ -31,7 +37,7 @@ coverage: setup
 	$(BIN)/python -m pytest tests/proto -q --cov=peer/proto --cov-branch \
 		--cov-report=term-missing:skip-covered --cov-fail-under=100
 
-unit: setup
+unit: setup deps-dicom
 	$(BIN)/python -m pytest
 
 test: lint typecheck coverage unit

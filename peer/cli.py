@@ -84,6 +84,11 @@ def _build_parser() -> argparse.ArgumentParser:
     sd.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     sd.add_argument("--no-compress", action="store_true", help="never compress chunks")
     sd.add_argument(
+        "--no-previews",
+        action="store_true",
+        help="offer no series thumbnails (they are made from the middle image of each series)",
+    )
+    sd.add_argument(
         "--wait",
         type=_duration,
         default=None,
@@ -269,6 +274,7 @@ def _settings(args: argparse.Namespace, env: dict[str, str]) -> Settings:
             "turn_user": args.turn_user,
             "turn_only": True if args.turn_only else None,
             "compress": False if getattr(args, "no_compress", False) else None,
+            "previews": False if getattr(args, "no_previews", False) else None,
         },
     )
 
@@ -420,6 +426,11 @@ def _print_offer(out: _Out, offer: session.Offer) -> None:
         bytes=offer.bytes,
         held=offer.held,
         summary=_without_uid_lists(offer.summary),
+        # thumbnails themselves stay out of the JSON line (up to 64 x 64 KiB): only what
+        # they are; the TUI draws them, the receiver page shows them
+        previews=[
+            {"series": p.series, "w": p.w, "h": p.h, "bytes": len(p.png)} for p in offer.previews
+        ],
     )
     out.line(f"Offered: {offer.files} files, {human_bytes(offer.bytes)}")
     try:
@@ -427,6 +438,9 @@ def _print_offer(out: _Out, offer: session.Offer) -> None:
             out.line("  " + ln)
     except Exception:  # a hostile summary must not stop the offer from being shown
         out.line("  (no study summary)")
+    if offer.previews:
+        n = len(offer.previews)
+        out.line(f"  Previews: {n} series thumbnail{'s' if n != 1 else ''} (shown by scanbeam tui)")
     if offer.held:
         out.line(f"  Resuming: {human_bytes(offer.held)} already received and verified.")
     out.line(f"Destination: {offer.dest.resolve()}")

@@ -240,10 +240,13 @@ async def _create(
 
     if summary is None:
         summary = summarize((s.rel, s.path) for s in sources)
+    from peer.session import build_previews
+
     manifest = Manifest(
         files=tuple(FileEntry(s.rel, s.size, s.mtime_ns, secrets.token_bytes(16)) for s in sources),
         chunk_size=RELAY_CHUNK_SIZE,
         summary=summary,
+        previews=build_previews(sources, settings),
     )
     encoded = encode_manifest(manifest)
     link_secret = secrets.token_bytes(32)
@@ -448,6 +451,7 @@ async def download(
                 summary=dict(manifest.summary),
                 paths=tuple(f.path for f in manifest.files),
                 dest=root,
+                previews=manifest.previews,
             )
             on_event(offer)
             if not await decide(offer):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from peer.dicom.complete import format_completeness
 from peer.dicom.summary import format_summary, summarize
 from peer.errors import (
     BeamError,
@@ -40,7 +41,7 @@ from peer.files import Destination, SourceFile, SourceReader, collect_sources
 from peer.proto import receiver as rx
 from peer.proto import sender as tx
 from peer.proto.handshake import EnvelopeReceived, Handshake, HandshakeFailed, Paired, Role
-from peer.proto.manifest import FileEntry, Manifest
+from peer.proto.manifest import FileEntry, Manifest, SeriesPreview
 from peer.proto.wordlist import EVEN, ODD
 from peer.relay_session import (
     LinkReady,
@@ -73,6 +74,7 @@ __all__ = [
     "Progress",
     "RelayFallback",
     "Retrying",
+    "SeriesPreview",
     "Settings",
     "SourceFile",
     "Target",
@@ -80,6 +82,7 @@ __all__ = [
     "drop_delete",
     "drop_log",
     "drop_statuses",
+    "format_completeness",
     "format_summary",
     "human_bytes",
     "human_duration",
@@ -126,6 +129,7 @@ class Offer:
     summary: dict[str, Any]
     paths: tuple[str, ...]
     dest: Path
+    previews: tuple[SeriesPreview, ...] = ()  # thumbnails by series UID (display only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,7 +352,7 @@ async def send(
         BeamError: any failure, with a user message.
     """
     sources = collect_sources(paths)
-    manifest = _build_manifest(sources)
+    manifest = _build_manifest(sources, settings)
     client = await _connect(settings, settings.server)
     try:
         try:
@@ -463,7 +467,7 @@ def _servers(settings: Settings) -> list[Any]:
     return ice_servers(settings.stun, settings.turn, settings.turn_user, settings.turn_password)
 
 
-def _build_manifest(sources: Sequence[SourceFile]) -> Manifest:
+def _build_manifest(sources: Sequence[SourceFile], settings: Settings | None = None) -> Manifest:
     from peer.dicom.summary import summarize
 
     summary = summarize((s.rel, s.path) for s in sources)
@@ -471,7 +475,19 @@ def _build_manifest(sources: Sequence[SourceFile]) -> Manifest:
         FileEntry(path=s.rel, size=s.size, mtime_ns=s.mtime_ns, prefix=secrets.token_bytes(16))
         for s in sources
     )
-    return Manifest(files=files, summary=summary)
+    return Manifest(files=files, summary=summary, previews=build_previews(sources, settings))
+
+
+def build_previews(
+    sources: Sequence[SourceFile], settings: Settings | None
+) -> tuple[SeriesPreview, ...]:
+    """Series thumbnails for the manifest, unless ``settings.previews`` is off."""
+    if settings is not None and not settings.previews:
+        return ()
+    from peer.dicom.preview import DEFAULT_BUDGET, offer_previews
+
+    budget = DEFAULT_BUDGET if settings is None else settings.preview_seconds
+    return offer_previews((s.path for s in sources), budget=budget)
 
 
 async def _recv(link: RtcLink, idle: float | None) -> bytes:
@@ -765,6 +781,7 @@ async def _receive_over(
                         summary=dict(m.summary),
                         paths=tuple(f.path for f in m.files),
                         dest=root,
+                        previews=m.previews,
                     )
                     on_event(offer)
                     try:

@@ -30,6 +30,8 @@ class Settings:
     buffered_high: int = 1 << 20  # data-channel high-water mark, bytes
     window: int = 128  # receive window, chunks (credit granted ahead of writes)
     compress: bool = True
+    previews: bool = True  # series thumbnails in the manifest (peer/dicom/preview.py)
+    preview_seconds: float = 5.0  # time box for making them
     # local state (drops, disclosure log); see load()
     home: Path = dataclasses.field(
         default_factory=lambda: Path.home() / ".local" / "share" / "scanbeam"

@@ -41,6 +41,8 @@ from pydicom.filereader import read_partial
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 
+from peer.proto.manifest import SeriesPreview
+
 __all__ = [
     "DEFAULT_BUDGET",
     "DEFAULT_SIZE",
@@ -51,6 +53,7 @@ __all__ = [
     "PreviewResult",
     "Skipped",
     "make_previews",
+    "offer_previews",
     "render",
     "render_file",
 ]
@@ -496,3 +499,11 @@ def make_previews(
         else:
             previews.append(Preview(s.uid, png, w, h))
     return PreviewResult(tuple(previews), tuple(skipped), clock() - start)
+
+
+def offer_previews(
+    paths: Iterable[Path], *, budget: float = DEFAULT_BUDGET
+) -> tuple[SeriesPreview, ...]:
+    """The ``previews`` of a manifest for these offered files (`SeriesPreview` records)."""
+    result = make_previews(paths, budget=budget)
+    return tuple(SeriesPreview(p.series, p.png, p.w, p.h) for p in result.previews)

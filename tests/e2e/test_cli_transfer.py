@@ -41,6 +41,13 @@ def test_study_arrives_byte_identical_and_verified(
     assert all("sop_uids" not in se for se in st["series"])  # kept out of the offer line
     assert st["image_count"] == offer["summary"]["dicom_files"]
     assert offer["summary"]["other"] == ["CT_STUDY/report.pdf"]
+    # one thumbnail per series travelled in the manifest; the JSON line names them only
+    series_uids = {se["series_uid"] for se in st["series"]}
+    assert {p["series"] for p in offer["previews"]} == series_uids
+    assert all(
+        0 < p["w"] <= 128 and 0 < p["h"] <= 128 and p["bytes"] > 0 for p in offer["previews"]
+    )
+    assert all("data" not in p for p in offer["previews"])
     for peer in (sender, rcv):
         done = peer.event("done")
         assert done["via"] == "direct"
@@ -49,6 +56,15 @@ def test_study_arrives_byte_identical_and_verified(
     assert rcv.event("done")["completeness"]["status"] == "complete"
     # nothing is left behind in the staging area
     assert not (out / ".scanbeam-partial").exists()
+
+
+def test_no_previews_offers_none(server: Server, study: Path, tmp_path: Path) -> None:
+    sender, code = start_send(server, [study], "--no-previews")
+    rcv = receive(server, code, tmp_path / "out", "--yes")
+    assert rcv.finish() == 0, rcv.stderr
+    assert sender.finish() == 0, sender.stderr
+    assert rcv.event("offer")["previews"] == []
+    assert rcv.event("offer")["summary"]["studies"][0]["series_count"] == 3
 
 
 def test_qr_link_pairs_like_a_code(server: Server, tmp_path: Path) -> None:

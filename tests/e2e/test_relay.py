@@ -65,6 +65,7 @@ def test_no_receiver_falls_back_to_relay_then_link_downloads(
     assert rcv.event("done")["completeness"]["status"] == "complete"
     assert sha_tree(out / "STUDY") == sha_tree(study)
     assert rcv.event("offer")["summary"]["studies"][0]["series_count"] == 2
+    assert len(rcv.event("offer")["previews"]) == 2  # thumbnails travel in the drop's manifest
 
 
 def test_server_disk_holds_no_plaintext(server: Server, study: Path) -> None:
