@@ -63,6 +63,7 @@ MAX_SIZE = 256  # protocol limit (docs/protocol.md §5.1)
 MAX_PREVIEWS = 64  # protocol limit
 MAX_PNG_BYTES = 64 * 1024  # protocol limit
 DEFAULT_BUDGET = 5.0  # seconds for all previews of one offer
+_TRIES = 3  # images tried per series: the middle one, then its neighbours
 MAX_PIXELS = 40_000_000  # samples of the one decoded frame (memory bound: ~160 MB float32)
 
 _HEADER_KEYWORDS = (
@@ -446,6 +447,25 @@ def render_file(path: Path, size: int = DEFAULT_SIZE) -> tuple[bytes, int, int]:
     raise _NoPreview("thumbnail larger than 64 KiB")
 
 
+def _series_preview(uid: str, members: Sequence[_Member], size: int) -> tuple[Preview | None, str]:
+    """The middle image's preview; if that one fails, its nearest neighbours' (up to
+    `_TRIES` images in all). The reason is the middle image's."""
+    ordered = _ordered(members)
+    mid = (len(ordered) - 1) // 2
+    around = sorted(range(len(ordered)), key=lambda i: (abs(i - mid), i))[:_TRIES]
+    reason = ""
+    for i in around:
+        try:
+            png, w, h = render_file(ordered[i].path, size)
+        except _NoPreview as exc:
+            reason = reason or str(exc)
+        except Exception as exc:  # a decoder bug must not stop the offer
+            reason = reason or f"could not render ({type(exc).__name__})"
+        else:
+            return Preview(uid, png, w, h), ""
+    return None, reason
+
+
 def make_previews(
     files: Iterable[Path],
     *,
@@ -490,14 +510,11 @@ def make_previews(
         if len(previews) >= max_previews:
             skipped.append(Skipped(s.uid, f"more than {max_previews} series"))
             continue
-        try:
-            png, w, h = render_file(middle(s.members).path, size)
-        except _NoPreview as exc:
-            skipped.append(Skipped(s.uid, str(exc)))
-        except Exception as exc:  # pragma: no cover - a decoder bug must not stop the offer
-            skipped.append(Skipped(s.uid, f"could not render ({type(exc).__name__})"))
+        preview, reason = _series_preview(s.uid, s.members, size)
+        if preview is not None:
+            previews.append(preview)
         else:
-            previews.append(Preview(s.uid, png, w, h))
+            skipped.append(Skipped(s.uid, reason))
     return PreviewResult(tuple(previews), tuple(skipped), clock() - start)
 
 
