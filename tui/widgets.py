@@ -9,12 +9,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from rich.columns import Columns
+from rich.console import Group, RenderableType
+from rich.style import Style
 from rich.text import Text
 from textual.widgets import DirectoryTree
 from textual.widgets._directory_tree import DirEntry
 from textual.widgets._tree import TreeNode
 
-__all__ = ["DicomTree", "big_code", "has_dicom", "qr_text"]
+__all__ = ["DicomTree", "big_code", "has_dicom", "preview_strip", "qr_text", "thumbnail"]
 
 _SCAN_LIMIT = 64  # entries looked at per folder (the picker must stay instant)
 
@@ -97,3 +100,73 @@ def qr_text(url: str) -> str:
 def big_code(code: str) -> Text:
     """The code spaced out in bold capitals, readable across a room or over the phone."""
     return Text("  ".join(" ".join(part.upper()) for part in code.split("-")), style="bold")
+
+
+_SHADES = " ░▒▓█"  # NO_COLOR: one character per cell, by brightness
+
+
+def thumbnail(png: bytes, cols: int = 16, rows: int = 8, *, color: bool = True) -> Text:
+    """A PNG drawn in text: each cell is two pixels, the upper half block "▀" in the top
+    pixel's colour on the bottom pixel's colour (24-bit). Without colour, a brightness ramp.
+
+    The image is area-averaged to fit ``cols`` x ``2 * rows`` pixels, keeping its aspect
+    (a terminal cell is about twice as tall as wide, so two pixels per cell are square).
+
+    Raises:
+        ValueError: ``png`` is not a decodable image.
+    """
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as im:
+        if im.width > 256 or im.height > 256:
+            raise ValueError("thumbnail too large")
+        rgb = im.convert("RGB")
+    scale = min(cols / rgb.width, 2 * rows / rgb.height, 1.0)
+    size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+    small = rgb.resize(size, Image.Resampling.BOX) if size != rgb.size else rgb
+    width, height = small.size
+    pixels = [tuple(int(v) for v in px) for px in np.asarray(small).reshape(-1, 3)]
+    text = Text(no_wrap=True, overflow="crop")
+    for y in range(0, height, 2):
+        for x in range(width):
+            top = pixels[y * width + x]
+            bottom = pixels[(y + 1) * width + x] if y + 1 < height else None
+            if not color:
+                both = [top] if bottom is None else [top, bottom]
+                level = sum(sum(p) for p in both) / (3 * 255 * len(both))
+                text.append(_SHADES[min(len(_SHADES) - 1, int(level * len(_SHADES)))])
+                continue
+            style = Style(color=f"#{top[0]:02x}{top[1]:02x}{top[2]:02x}")
+            if bottom is not None:
+                style += Style(bgcolor=f"#{bottom[0]:02x}{bottom[1]:02x}{bottom[2]:02x}")
+            text.append("▀", style)
+        if y + 2 < height:
+            text.append("\n")
+    return text
+
+
+def preview_strip(
+    items: Iterable[tuple[bytes, str, str]],
+    *,
+    cols: int = 16,
+    rows: int = 8,
+    color: bool = True,
+) -> RenderableType | None:
+    """Thumbnails side by side, each over two label lines (e.g. "Series 1 CT", the
+    series description). An image that does not decode is left out; None if none does."""
+    cells: list[RenderableType] = []
+    for png, head, description in items:
+        try:
+            image = thumbnail(png, cols, rows, color=color)
+        except Exception:  # display only: a bad thumbnail never stops the offer
+            continue
+        width = max(cols, 12)
+        label = Text(head, style="bold", no_wrap=True, overflow="ellipsis")
+        label.truncate(width, overflow="ellipsis")
+        desc = Text(description, no_wrap=True, overflow="ellipsis")
+        desc.truncate(width, overflow="ellipsis")
+        cells.append(Group(image, label, desc))
+    if not cells:
+        return None
+    return Columns(cells, padding=(0, 2), width=max(cols, 12))

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 from peer import session
 from tui.service import Decide, OnEvent, Password, SendOptions
@@ -33,6 +37,7 @@ SUMMARY: dict[str, Any] = {
             "bytes": 21_400_000,
             "series": [
                 {
+                    "series_uid": "1.2.826.0.1.3680043.8.498.101",
                     "number": 1,
                     "modality": "CT",
                     "description": "Axial 5mm",
@@ -43,6 +48,7 @@ SUMMARY: dict[str, Any] = {
                     "transfer_syntaxes": [],
                 },
                 {
+                    "series_uid": "1.2.826.0.1.3680043.8.498.102",
                     "number": 2,
                     "modality": "CT",
                     "description": "Scout",
@@ -57,6 +63,44 @@ SUMMARY: dict[str, Any] = {
     ],
     "other": ["report.pdf"],
 }
+
+
+def _phantom_png(h: int, w: int, scout: bool) -> bytes:
+    """A fixed grey CT-like picture (body, lungs, spine), as a preview PNG would be."""
+    y, x = np.mgrid[0:h, 0:w]
+    cy, cx = h / 2, w / 2
+    img = np.zeros((h, w))
+    if scout:  # a frontal view: a long body with two lungs
+        img[((x - cx) / (w * 0.4)) ** 2 + ((y - cy) / (h * 0.48)) ** 2 <= 1] = 0.45
+        for side in (-1, 1):
+            lung = ((x - cx - side * w * 0.17) / (w * 0.12)) ** 2 + (
+                (y - h * 0.3) / (h * 0.15)
+            ) ** 2
+            img[lung <= 1] = 0.08
+        img[(abs(x - cx) < w * 0.04) & (y > h * 0.1) & (y < h * 0.9)] = 0.95
+    else:  # an axial slice
+        img[((x - cx) / (w * 0.45)) ** 2 + ((y - cy) / (h * 0.33)) ** 2 <= 1] = 0.5
+        for side in (-1, 1):
+            lung = ((x - cx - side * w * 0.2) / (w * 0.15)) ** 2 + ((y - cy) / (h * 0.22)) ** 2
+            img[lung <= 1] = 0.05
+        img[((x - cx) ** 2 + (y - h * 0.72) ** 2) <= (w * 0.06) ** 2] = 1.0
+    buf = io.BytesIO()
+    Image.fromarray((img * 255).astype(np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+PREVIEWS = (
+    session.SeriesPreview("1.2.826.0.1.3680043.8.498.101", _phantom_png(128, 128, False), 128, 128),
+    session.SeriesPreview("1.2.826.0.1.3680043.8.498.102", _phantom_png(128, 64, True), 64, 128),
+)
+COMPLETE: dict[str, Any] = {
+    "status": "complete",
+    "missing": 0,
+    "problems": [],
+    "series": 2,
+    "images": 42,
+    "missing_series": [],
+}
 SIZES = [(f"CT/SE001/IM{i:04d}.dcm", 525_000) for i in range(1, 41)] + [
     ("CT/SE002/IM0001.dcm", 200_000),
     ("CT/SE002/IM0002.dcm", 200_000),
@@ -68,8 +112,9 @@ TOTAL = sum(s for _, s in SIZES)
 class FakeService:
     """``stage`` says how far a send or receive goes before it waits forever."""
 
-    def __init__(self, stage: str = "done") -> None:
+    def __init__(self, stage: str = "done", completeness: dict[str, Any] | None = COMPLETE) -> None:
         self.stage = stage
+        self.completeness = completeness
         self.server = "http://127.0.0.1:8000"
         self.sent: list[tuple[list[Path], SendOptions]] = []
         self.deleted: list[str] = []
@@ -111,14 +156,18 @@ class FakeService:
             session.parse_target(text, self.server)  # raises UnknownCodeError
         on_event(session.Paired_("code"))
         on_event(session.Connected("direct"))
-        offer = session.Offer(len(SIZES), TOTAL, 0, SUMMARY, tuple(p for p, _ in SIZES), dest)
+        offer = session.Offer(
+            len(SIZES), TOTAL, 0, SUMMARY, tuple(p for p, _ in SIZES), dest, PREVIEWS
+        )
         on_event(offer)
         if not await decide(offer):
             raise session.DeclinedError("declined", user_message="You declined the transfer.")
         on_event(session.Progress(TOTAL // 2, TOTAL, 25e6))
         if self.stage == "progress":
             await self._hold()
-        done = session.Done("direct", len(SIZES), TOTAL, 1.0, TOTAL, dest=dest)
+        done = session.Done(
+            "direct", len(SIZES), TOTAL, 1.0, TOTAL, dest=dest, completeness=self.completeness
+        )
         on_event(done)
         return done
 

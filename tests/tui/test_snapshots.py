@@ -114,6 +114,34 @@ def test_receive_offer(snap_compare: Callable[..., bool], studies: Path) -> None
     assert snap_compare(_app(studies), terminal_size=SIZE, run_before=run_before)
 
 
+def test_receive_offer_previews(snap_compare: Callable[..., bool], studies: Path) -> None:
+    """A taller terminal: both series thumbnails with their labels under the buttons."""
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await pilot.press("r")
+        await _settle(pilot)
+        await pilot.press(*CODE, "tab")
+        pilot.app.screen.query_one("#dest").value = "/data/incoming"  # type: ignore[attr-defined]
+        await pilot.press("enter")
+        await _settle(pilot, 10)
+
+    assert snap_compare(_app(studies), terminal_size=(80, 36), run_before=run_before)
+
+
+def test_receive_done_complete(snap_compare: Callable[..., bool], studies: Path) -> None:
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await pilot.press("r")
+        await _settle(pilot)
+        await pilot.press(*CODE, "tab")
+        pilot.app.screen.query_one("#dest").value = "/data/incoming"  # type: ignore[attr-defined]
+        await pilot.press("enter")
+        await _settle(pilot, 10)
+        await pilot.press("a")
+        await _settle(pilot, 10)
+
+    assert snap_compare(_app(studies), terminal_size=SIZE, run_before=run_before)
+
+
 def test_history(snap_compare: Callable[..., bool], studies: Path) -> None:
     async def run_before(pilot: Pilot[Any]) -> None:
         await pilot.press("h")

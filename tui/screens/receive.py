@@ -10,6 +10,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.content import Content
 from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, Static
 
 from peer.session import (
@@ -20,6 +21,7 @@ from peer.session import (
     Paired_,
     Progress,
     Retrying,
+    format_completeness,
     format_summary,
     human_bytes,
     human_duration,
@@ -33,8 +35,56 @@ from tui.screens.base import (
     plain_error,
     rate_line,
 )
+from tui.widgets import preview_strip
 
 __all__ = ["ReceiveScreen"]
+
+
+_STATUS_STYLE = {"complete": "$success", "incomplete": "$warning", "conflicting": "$error"}
+
+
+def _completeness(result: dict[str, Any] | None) -> Content:
+    """The completeness line (peer/dicom/complete.py), coloured by status; nothing when
+    there was no DICOM to check."""
+    if not result or result.get("status") == "not-dicom":
+        return Content("")
+    try:
+        line = format_completeness(result)
+    except Exception:  # a report only: never let it hide the result above
+        return Content("")
+    style = _STATUS_STYLE.get(str(result.get("status")), "$warning")
+    return Content.from_markup(f"[bold {style}]$line[/]\n", line=line)
+
+
+def _series_label(series: object) -> tuple[str, str]:
+    if not isinstance(series, dict):
+        return "Series", ""
+    number, modality = series.get("number"), series.get("modality")
+    head = "Series" if not isinstance(number, int) else f"Series {number}"
+    if isinstance(modality, str) and modality:
+        head += f" {modality}"
+    desc = series.get("description")
+    return head, desc if isinstance(desc, str) else ""
+
+
+def _previews(offer: Offer, *, color: bool) -> Any:
+    """The offer's thumbnails in the summary's series order, labelled; None if none."""
+    if not offer.previews:
+        return None
+    by_uid: dict[str, object] = {}
+    studies = offer.summary.get("studies")
+    for study in studies if isinstance(studies, list) else []:
+        series_list = study.get("series") if isinstance(study, dict) else None
+        for series in series_list if isinstance(series_list, list) else []:
+            if isinstance(series, dict) and isinstance(series.get("series_uid"), str):
+                by_uid.setdefault(series["series_uid"], series)
+    order = list(by_uid)
+    ranked = sorted(
+        offer.previews,
+        key=lambda p: order.index(p.series) if p.series in by_uid else len(order),
+    )
+    items = [(p.png, *_series_label(by_uid.get(p.series))) for p in ranked]
+    return preview_strip(items, color=color)
 
 
 class ReceiveScreen(ServiceScreen):
@@ -67,6 +117,7 @@ class ReceiveScreen(ServiceScreen):
             with Horizontal(id="decide"):
                 yield Button("Accept  (a)", id="accept", variant="success", compact=True)
                 yield Button("Decline  (d)", id="decline", variant="error", compact=True)
+            yield Static("", id="previews")
             yield ProgressBar(show_eta=False, id="bar")
             yield Static("", id="rate")
             yield Static("", id="result")
@@ -75,6 +126,7 @@ class ReceiveScreen(ServiceScreen):
     def on_mount(self) -> None:
         self.query_one("#decide").display = False
         self.query_one("#bar").display = False
+        self.query_one("#previews").display = False
         self._form(True)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -176,10 +228,13 @@ class ReceiveScreen(ServiceScreen):
             rate = ev.sent_bytes / ev.seconds if ev.seconds > 0 else 0.0
             where = ev.dest.resolve() if ev.dest else "."
             self._state(f"Done ({ev.via}): every file verified (SHA-256).")
-            self.query_one("#result", Static).update(
+            self.query_one("#previews").display = False
+            received = Content(
                 f"Received {ev.files} files ({human_bytes(ev.bytes)}) in "
                 f"{human_duration(ev.seconds)} at {human_rate(rate)}.\nSaved in {where}\n"
-                "Escape: back."
+            )
+            self.query_one("#result", Static).update(
+                Content.assemble(received, _completeness(ev.completeness), "Escape: back.")
             )
             self.query_one("#result").scroll_visible()
 
@@ -198,6 +253,10 @@ class ReceiveScreen(ServiceScreen):
         if free is not None and free < need:
             lines.append("Warning: not enough free space at the destination.")
         self.query_one("#offer", Static).update("\n".join(lines))
+        strip = _previews(offer, color=not self.app.no_color)
+        previews = self.query_one("#previews", Static)
+        previews.update(strip if strip is not None else "")
+        previews.display = strip is not None
         self._state("Accept and save? (a = accept, d = decline)")
         self.query_one("#decide").display = True
         self.query_one("#accept", Button).focus()
