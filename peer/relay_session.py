@@ -242,11 +242,12 @@ async def _create(
         summary = summarize((s.rel, s.path) for s in sources)
     from peer.session import build_previews
 
+    previews = await asyncio.to_thread(build_previews, sources, settings)
     manifest = Manifest(
         files=tuple(FileEntry(s.rel, s.size, s.mtime_ns, secrets.token_bytes(16)) for s in sources),
         chunk_size=RELAY_CHUNK_SIZE,
         summary=summary,
-        previews=build_previews(sources, settings),
+        previews=previews,
     )
     encoded = encode_manifest(manifest)
     link_secret = secrets.token_bytes(32)

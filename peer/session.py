@@ -352,7 +352,8 @@ async def send(
         BeamError: any failure, with a user message.
     """
     sources = collect_sources(paths)
-    manifest = _build_manifest(sources, settings)
+    # headers and one image per series are read: off the event loop (the TUI stays live)
+    manifest = await asyncio.to_thread(_build_manifest, sources, settings)
     client = await _connect(settings, settings.server)
     try:
         try:

@@ -64,7 +64,7 @@ MAX_PREVIEWS = 64  # protocol limit
 MAX_PNG_BYTES = 64 * 1024  # protocol limit
 DEFAULT_BUDGET = 5.0  # seconds for all previews of one offer
 _TRIES = 3  # images tried per series: the middle one, then its neighbours
-MAX_PIXELS = 40_000_000  # samples of the one decoded frame (memory bound: ~160 MB float32)
+MAX_PIXELS = 40_000_000  # samples of the one decoded frame (its decode is the memory peak)
 
 _HEADER_KEYWORDS = (
     "SOPClassUID",
@@ -220,13 +220,6 @@ def _unit(x: NDArray[Any]) -> NDArray[np.float32]:
     return np.asarray(np.clip(x, 0.0, 1.0), dtype=np.float32)
 
 
-def _minmax(x: NDArray[Any]) -> NDArray[np.float32]:
-    lo, hi = float(np.min(x)), float(np.max(x))
-    if hi <= lo:
-        return np.zeros(x.shape, np.float32)
-    return ((x.astype(np.float32) - lo) / (hi - lo)).astype(np.float32)
-
-
 def _voi_lut(values: NDArray[np.float32], ds: Dataset) -> NDArray[np.float32]:
     """The first VOI LUT, its output range mapped onto 0..1."""
     from pydicom.pixels.processing import apply_voi_lut
@@ -244,48 +237,99 @@ def _voi_lut(values: NDArray[np.float32], ds: Dataset) -> NDArray[np.float32]:
     return _unit((mapped.astype(np.float32) - lo) / (hi - lo))
 
 
-def _grey(arr: NDArray[Any], ds: Dataset) -> NDArray[np.float32]:
-    """Modality LUT, VOI, MONOCHROME1 inversion: grey values 0..1."""
+def _modality(band: NDArray[Any], ds: Dataset) -> NDArray[np.float32]:
+    """Stored values to modality values (Modality LUT, else RescaleSlope/Intercept)."""
     from pydicom.pixels.processing import apply_modality_lut
 
     if "ModalityLUTSequence" in ds:
-        values = apply_modality_lut(arr, ds).astype(np.float32)
-    else:
-        values = arr.astype(np.float32)
-        slope = _first(ds.get("RescaleSlope", 1) or 1)
-        intercept = _first(ds.get("RescaleIntercept", 0) or 0)
-        if slope != 1.0 or intercept != 0.0:
-            values = values * np.float32(slope) + np.float32(intercept)
-    out: NDArray[np.float32] | None = None
+        return np.asarray(apply_modality_lut(band, ds), dtype=np.float32)
+    values = band.astype(np.float32)
+    slope = _first(ds.get("RescaleSlope", 1) or 1)
+    intercept = _first(ds.get("RescaleIntercept", 0) or 0)
+    if slope != 1.0:
+        values *= np.float32(slope)
+    if intercept != 0.0:
+        values += np.float32(intercept)
+    return values
+
+
+def _grey_mapper(arr: NDArray[Any], ds: Dataset) -> Callable[[NDArray[Any]], NDArray[np.float32]]:
+    """A function from a band of stored values to grey 0..1: Modality LUT, then the first
+    window (with its VOILUTFunction), else the first VOI LUT, else the whole image's
+    min..max; MONOCHROME1 inverted. Bands keep the float temporaries small."""
+    voi: Callable[[NDArray[np.float32]], NDArray[np.float32]] | None = None
     center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
     if center not in (None, "") and width not in (None, ""):
         c, w = _first(center), _first(width)
         function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
         if math.isfinite(c) and math.isfinite(w) and w >= (1.0 if function == "LINEAR" else 0):
             if w > 0:
-                out = _window(values, c, w, function)
-    if out is None and "VOILUTSequence" in ds and len(ds.VOILUTSequence):
-        out = _voi_lut(values, ds)
-    if out is None:
-        out = _minmax(values)
-    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
-        out = (1.0 - out).astype(np.float32)
-    return out
+
+                def voi(x: NDArray[np.float32]) -> NDArray[np.float32]:
+                    return _window(x, c, w, function)
+
+    if voi is None and "VOILUTSequence" in ds and len(ds.VOILUTSequence):
+
+        def voi(x: NDArray[np.float32]) -> NDArray[np.float32]:
+            return _voi_lut(x, ds)
+
+    if voi is None:
+        lo, hi = math.inf, -math.inf
+        for start in range(0, arr.shape[0], _band_rows(arr)):
+            values = _modality(arr[start : start + _band_rows(arr)], ds)
+            lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+
+        def voi(x: NDArray[np.float32]) -> NDArray[np.float32]:
+            if hi <= lo:
+                return np.zeros(x.shape, np.float32)
+            return _unit((x - np.float32(lo)) / np.float32(hi - lo))
+
+    invert = str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
+    assert voi is not None
+
+    def grey(band: NDArray[Any]) -> NDArray[np.float32]:
+        out = voi(_modality(band, ds))
+        if invert:
+            np.subtract(np.float32(1.0), out, out=out)
+        return out
+
+    return grey
 
 
-def _colour(arr: NDArray[Any], ds: Dataset, photometric: str) -> NDArray[np.float32]:
-    """RGB values 0..1 (pydicom already converted YBR to RGB)."""
+_BAND_SAMPLES = 1 << 20  # samples mapped at once (float32 temporaries of a few MB)
+
+
+def _band_rows(arr: NDArray[Any], multiple: int = 1) -> int:
+    per_row = max(1, int(np.prod(arr.shape[1:])))
+    return multiple * max(1, _BAND_SAMPLES // (per_row * multiple))
+
+
+def _colour_mapper(
+    arr: NDArray[Any], ds: Dataset, photometric: str
+) -> Callable[[NDArray[Any]], NDArray[np.float32]]:
+    """A function from a band of pixels to RGB 0..1 (pydicom already converted YBR to
+    RGB; a palette image goes through its palette)."""
     if photometric == "PALETTE COLOR":
         from pydicom.pixels.processing import apply_color_lut
 
-        rgb = apply_color_lut(arr, ds)
-        top = 255.0 if rgb.dtype == np.uint8 else 65535.0
-        return (rgb.astype(np.float32) / np.float32(top)).astype(np.float32)
+        if arr.ndim != 2:
+            raise _NoPreview("palette image with an unexpected sample layout")
+
+        def palette(band: NDArray[Any]) -> NDArray[np.float32]:
+            rgb = apply_color_lut(band, ds)
+            top = 255.0 if rgb.dtype == np.uint8 else 65535.0
+            return _unit(rgb.astype(np.float32) / np.float32(top))
+
+        return palette
     if arr.ndim != 3 or arr.shape[-1] != 3:
         raise _NoPreview("colour image without three samples per pixel")
     bits = int(ds.get("BitsStored", 8) or 8)
-    top = float((1 << min(max(bits, 1), 16)) - 1)
-    return _unit(arr.astype(np.float32) / np.float32(top))
+    top = np.float32((1 << min(max(bits, 1), 16)) - 1)
+
+    def rgb(band: NDArray[Any]) -> NDArray[np.float32]:
+        return _unit(band.astype(np.float32) / top)
+
+    return rgb
 
 
 def _aspect(ds: Dataset) -> float:
@@ -323,20 +367,30 @@ def _area_axis(img: NDArray[np.float64], n: int, axis: int) -> NDArray[np.float6
     return np.moveaxis(out, 0, axis)
 
 
-def downscale(img: NDArray[np.float32], out_h: int, out_w: int) -> NDArray[np.float64]:
-    """Area averaging to ``out_h`` x ``out_w`` (2-D grey or 3-D RGB, values kept).
+def downscale(
+    img: NDArray[Any],
+    out_h: int,
+    out_w: int,
+    mapper: Callable[[NDArray[Any]], NDArray[np.float32]] | None = None,
+) -> NDArray[np.float64]:
+    """Area averaging of ``mapper(img)`` to ``out_h`` x ``out_w`` (2-D grey or 3-D RGB).
 
-    Whole-number factors are reduced first by block means on float32 (cheap on large
-    images, exact when the size divides); the remaining fractional step integrates.
+    Whole-number factors are reduced first by block means, band by band of rows, so
+    ``mapper`` (the display mapping) only ever holds one band of floats; the remaining
+    fractional step integrates exactly. Up to factor - 1 edge rows/columns are dropped.
     """
+    mapper = mapper or (lambda band: band.astype(np.float32))
     h, w = img.shape[:2]
     fy, fx = max(1, h // (2 * out_h)), max(1, w // (2 * out_w))
-    if fy > 1 or fx > 1:
-        hh, ww = (h // fy) * fy, (w // fx) * fx
-        cut = img[:hh, :ww]
-        shape = (hh // fy, fy, ww // fx, fx, *img.shape[2:])
-        img = cut.reshape(shape).mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
-    out = _area_axis(img.astype(np.float64), out_h, 0)
+    hh, ww = (h // fy) * fy, (w // fx) * fx
+    step = _band_rows(img, fy)
+    parts = []
+    for start in range(0, hh, step):
+        band = mapper(img[start : min(hh, start + step), :ww])
+        shape = (band.shape[0] // fy, fy, ww // fx, fx, *band.shape[2:])
+        parts.append(band.reshape(shape).mean(axis=(1, 3), dtype=np.float64))
+    reduced = np.concatenate(parts, axis=0)
+    out = _area_axis(reduced, out_h, 0)
     return _area_axis(out, out_w, 1)
 
 
@@ -369,7 +423,7 @@ def render(arr: NDArray[Any], ds: Dataset, size: int = DEFAULT_SIZE) -> NDArray[
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
         if arr.ndim != 2:
             raise _NoPreview("grey image with an unexpected sample layout")
-        img = _grey(arr, ds)
+        mapper = _grey_mapper(arr, ds)
     elif photometric in (
         "RGB",
         "YBR_FULL",
@@ -378,11 +432,11 @@ def render(arr: NDArray[Any], ds: Dataset, size: int = DEFAULT_SIZE) -> NDArray[
         "YBR_RCT",
         "PALETTE COLOR",
     ):
-        img = _colour(arr, ds, photometric)
+        mapper = _colour_mapper(arr, ds, photometric)
     else:
         raise _NoPreview(f"photometric interpretation {photometric or '(none)'} not supported")
-    out_h, out_w = _target(img.shape[0], img.shape[1], _aspect(ds), size)
-    return downscale(img, out_h, out_w)
+    out_h, out_w = _target(arr.shape[0], arr.shape[1], _aspect(ds), size)
+    return downscale(arr, out_h, out_w, mapper)
 
 
 def _decode_one(path: Path) -> tuple[NDArray[Any], Dataset]:

@@ -456,3 +456,28 @@ def test_synthetic_study_previews_survive_the_manifest(tmp_path: Path) -> None:
         assert arr.shape == (p.h, p.w) and arr.std() > 10  # a phantom, not a flat field
     m = Manifest(files=(FileEntry("a", 1, 0, b"\0" * 16),), previews=previews)
     assert decode_manifest(encode_manifest(m)).previews == previews
+
+
+def test_large_image_is_mapped_in_bands_like_a_whole(tmp_path: Path) -> None:
+    """A 2048 x 1536 image spans several bands; the result equals the whole-image maths."""
+    rng = np.random.default_rng(3)
+    stored = rng.integers(0, 4096, (2048, 1536), dtype=np.uint16)
+    path = _write(
+        tmp_path / "big.dcm",
+        stored,
+        RescaleSlope=2,
+        RescaleIntercept=-1000,
+        WindowCenter=1500,
+        WindowWidth=3000,
+        PhotometricInterpretation="MONOCHROME1",
+    )
+    got = _render(path).astype(int)
+    assert got.shape == (128, 96)
+    hu = stored.astype(np.float64) * 2 - 1000
+    grey = 1 - np.clip((hu - (1500 - 0.5)) / (3000 - 1) + 0.5, 0, 1)
+    expected = grey.reshape(128, 16, 96, 16).mean(axis=(1, 3))
+    assert np.abs(got - np.rint(expected * 255)).max() <= 1
+    no_window = _write(tmp_path / "mm.dcm", stored)  # min..max over all bands
+    grey = (stored - stored.min()) / (stored.max() - stored.min())
+    expected = grey.reshape(128, 16, 96, 16).mean(axis=(1, 3))
+    assert np.abs(_render(no_window).astype(int) - np.rint(expected * 255)).max() <= 1
