@@ -67,6 +67,14 @@ def test_no_previews_offers_none(server: Server, study: Path, tmp_path: Path) ->
     assert rcv.event("offer")["summary"]["studies"][0]["series_count"] == 3
 
 
+def test_human_offer_mentions_the_previews(server: Server, study: Path, tmp_path: Path) -> None:
+    sender, code = start_send(server, [study])
+    rcv = spawn(["receive", code, "--server", server.url, "-o", str(tmp_path / "o"), "--yes"])
+    assert rcv.finish() == 0, rcv.stderr
+    assert sender.finish() == 0, sender.stderr
+    assert "  Previews: 3 series thumbnails (shown by scanbeam tui)" in rcv.stdout.splitlines()
+
+
 def test_qr_link_pairs_like_a_code(server: Server, tmp_path: Path) -> None:
     src = tmp_path / "one.bin"
     src.write_bytes(os.urandom(300_000))
