@@ -41,7 +41,7 @@ from pydicom.filereader import read_partial
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 
-from peer.proto.manifest import SeriesPreview
+from peer.proto.manifest import MAX_PREVIEW_BYTES, MAX_PREVIEW_PX, MAX_PREVIEWS, SeriesPreview
 
 __all__ = [
     "DEFAULT_BUDGET",
@@ -59,9 +59,8 @@ __all__ = [
 ]
 
 DEFAULT_SIZE = 128  # long side of a thumbnail, px
-MAX_SIZE = 256  # protocol limit (docs/protocol.md §5.1)
-MAX_PREVIEWS = 64  # protocol limit
-MAX_PNG_BYTES = 64 * 1024  # protocol limit
+MAX_SIZE = MAX_PREVIEW_PX  # protocol limits (docs/protocol.md §5.1)
+MAX_PNG_BYTES = MAX_PREVIEW_BYTES
 DEFAULT_BUDGET = 5.0  # seconds for all previews of one offer
 _TRIES = 3  # images tried per series: the middle one, then its neighbours
 MAX_PIXELS = 40_000_000  # samples of the one decoded frame (its decode is the memory peak)
@@ -188,12 +187,6 @@ def _ordered(members: Sequence[_Member]) -> list[_Member]:
     return sorted(members, key=lambda m: str(m.path))
 
 
-def middle(members: Sequence[_Member]) -> _Member:
-    """The middle image of a series (the lower one of an even count)."""
-    ordered = _ordered(members)
-    return ordered[(len(ordered) - 1) // 2]
-
-
 # --------------------------------------------------------------------------- rendering
 
 
@@ -256,7 +249,8 @@ def _modality(band: NDArray[Any], ds: Dataset) -> NDArray[np.float32]:
 def _grey_mapper(arr: NDArray[Any], ds: Dataset) -> Callable[[NDArray[Any]], NDArray[np.float32]]:
     """A function from a band of stored values to grey 0..1: Modality LUT, then the first
     window (with its VOILUTFunction), else the first VOI LUT, else the whole image's
-    min..max; MONOCHROME1 inverted. Bands keep the float temporaries small."""
+    min..max (PixelPaddingValue left out); MONOCHROME1 inverted. Bands keep the float
+    temporaries small."""
     voi: Callable[[NDArray[np.float32]], NDArray[np.float32]] | None = None
     center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
     if center not in (None, "") and width not in (None, ""):
@@ -275,9 +269,14 @@ def _grey_mapper(arr: NDArray[Any], ds: Dataset) -> Callable[[NDArray[Any]], NDA
 
     if voi is None:
         lo, hi = math.inf, -math.inf
+        padding = ds.get("PixelPaddingValue")  # outside the body: not part of the range
         for start in range(0, arr.shape[0], _band_rows(arr)):
-            values = _modality(arr[start : start + _band_rows(arr)], ds)
-            lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+            band = arr[start : start + _band_rows(arr)]
+            if isinstance(padding, int):
+                band = band[band != padding]
+            if band.size:
+                values = _modality(band, ds)
+                lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
 
         def voi(x: NDArray[np.float32]) -> NDArray[np.float32]:
             if hi <= lo:

@@ -160,6 +160,23 @@ def test_without_window_the_range_is_min_to_max(tmp_path: Path) -> None:
     assert int(_render(flat).max()) == 0
 
 
+def test_min_max_leaves_out_the_padding_value(tmp_path: Path) -> None:
+    def padded(name: str, stored: NDArray[Any]) -> Path:
+        path = _write(tmp_path / name, stored)
+        ds = dcmread(path)
+        ds.add_new(0x00280120, "SS", -2000)  # PixelPaddingValue
+        ds.save_as(path)
+        return path
+
+    assert list(_render(padded("pad.dcm", np.array([[-2000, 0, 50, 100]], np.int16)))[0]) == [
+        0,
+        0,
+        128,
+        255,
+    ]
+    assert int(_render(padded("all.dcm", np.full((2, 2), -2000, np.int16))).max()) == 0
+
+
 def test_voi_lut_sequence_is_applied(tmp_path: Path) -> None:
     lut_item = Dataset()
     lut_item.LUTDescriptor = [4, 0, 8]
