@@ -157,6 +157,7 @@ async def upload(
     password: str | None,
     sources: Sequence[SourceFile] | None = None,
     summary: dict[str, Any] | None = None,
+    deid: str = "",
 ) -> LinkReady:
     """Upload ``paths`` as a drop (or finish an interrupted upload of the same files)."""
     from peer.session import _Progress
@@ -209,6 +210,7 @@ async def upload(
             sha256_list_digest=digest_of(digests) if digests else "",
             expires=record.expires,
             server=settings.server,
+            deidentified=deid,
         )
     )
     return LinkReady(

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from peer.dicom.summary import format_summary, summarize
@@ -58,6 +58,9 @@ from peer.settings import Settings
 from peer.state import Disclosure, LocalState, digest_of, study_uids
 from peer.units import human_bytes, human_duration, human_rate
 from signaling.client import SignalingClient, SignalingError
+
+if TYPE_CHECKING:
+    from peer.dicom.deid.stream import Prepared
 
 __all__ = [
     "BeamError",
@@ -336,6 +339,7 @@ async def send(
     *,
     code: str | None = None,
     on_no_path: HandOff | None = None,
+    prepared: Prepared | None = None,
 ) -> Done:
     """Send files and folders to one receiver who joins with the printed code or link.
 
@@ -344,11 +348,19 @@ async def send(
     a sealed envelope (docs/protocol.md §4.2), so its download starts by itself; then
     NoPathError is raised as usual.
 
+    ``prepared``: a de-identified selection (`peer.dicom.deid.prepare`): its sources
+    (transforms of the originals) and its summary are sent instead of ``paths``.
+
     Raises:
         BeamError: any failure, with a user message.
     """
-    sources = collect_sources(paths)
-    manifest = _build_manifest(sources)
+    if prepared is not None:
+        sources = prepared.sources
+        manifest = _build_manifest(sources, prepared.summary)
+    else:
+        sources = collect_sources(paths)
+        manifest = _build_manifest(sources)
+    deid_label = prepared.label if prepared is not None else ""
     client = await _connect(settings, settings.server)
     try:
         try:
@@ -407,9 +419,19 @@ async def send(
             try:
                 done = await _send_over(link, paired, manifest, sources, settings, on_event)
             except BeamError as exc:
-                _disclose(settings, manifest, link.via, f"code {nameplate}", exc, ())
+                _disclose(
+                    settings, manifest, link.via, f"code {nameplate}", exc, (), deid=deid_label
+                )
                 raise
-            _disclose(settings, manifest, done.via, f"code {nameplate}", None, done.digests)
+            _disclose(
+                settings,
+                manifest,
+                done.via,
+                f"code {nameplate}",
+                None,
+                done.digests,
+                deid=deid_label,
+            )
             return done
         finally:
             await link.close()
@@ -428,6 +450,7 @@ def _disclose(
     *,
     expires: float | None = None,
     outcome: str | None = None,
+    deid: str = "",
 ) -> None:
     """Append to the sender's disclosure log (what, to whom, how, outcome)."""
     if outcome is None:
@@ -444,6 +467,7 @@ def _disclose(
             sha256_list_digest=digest_of(digests) if digests else "",
             expires=expires,
             server=settings.server,
+            deidentified=deid,
         )
     )
 
@@ -463,10 +487,13 @@ def _servers(settings: Settings) -> list[Any]:
     return ice_servers(settings.stun, settings.turn, settings.turn_user, settings.turn_password)
 
 
-def _build_manifest(sources: Sequence[SourceFile]) -> Manifest:
+def _build_manifest(
+    sources: Sequence[SourceFile], summary: dict[str, Any] | None = None
+) -> Manifest:
     from peer.dicom.summary import summarize
 
-    summary = summarize((s.rel, s.path) for s in sources)
+    if summary is None:
+        summary = summarize((s.rel, s.path) for s in sources)
     files = tuple(
         FileEntry(path=s.rel, size=s.size, mtime_ns=s.mtime_ns, prefix=secrets.token_bytes(16))
         for s in sources
@@ -847,6 +874,7 @@ async def send_or_relay(
     expires_in: float = 7 * 86400.0,
     max_downloads: int = 1,
     password: str | None = None,
+    prepared: Prepared | None = None,
 ) -> Done | LinkReady:
     """Send directly; fall back to a relay link when nobody joins or no path opens.
 
@@ -869,6 +897,9 @@ async def send_or_relay(
             expires_in=expires_in,
             max_downloads=max_downloads,
             password=password,
+            sources=prepared.sources if prepared is not None else None,
+            summary=prepared.summary if prepared is not None else None,
+            deid=prepared.label if prepared is not None else "",
         )
         on_event(ready)
         return ready
@@ -888,7 +919,11 @@ async def send_or_relay(
 
     try:
         return await send(
-            settings, paths, on_event, on_no_path=None if relay == "never" else hand_off
+            settings,
+            paths,
+            on_event,
+            on_no_path=None if relay == "never" else hand_off,
+            prepared=prepared,
         )
     except NoReceiver:
         if relay == "never":

@@ -42,6 +42,7 @@ LOG_FIELDS = (
     "sha256_list_digest",
     "expires",
     "server",
+    "deidentified",
 )
 
 
@@ -196,6 +197,7 @@ class LocalState:
                     r.get("sha256_list_digest", ""),
                     _iso(r.get("expires")),
                     r.get("server", ""),
+                    r.get("deidentified", ""),
                 ]
             )
         return buf.getvalue()

@@ -30,8 +30,8 @@ from collections.abc import Iterable
 from datetime import date, timedelta
 from typing import Any
 
-from nacl.hash import blake2b
 from nacl.encoding import RawEncoder
+from nacl.hash import blake2b
 from pydicom import config as dicom_config
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
@@ -204,8 +204,8 @@ class Deidentifier:
     def _walk(self, ds: Dataset, ctx: Context, report: Report) -> None:
         private_kept: set[tuple[int, int]] = set()
         creators: list[int] = []
-        for tag in list(ds.keys()):
-            tag = int(tag)
+        for btag in list(ds.keys()):
+            tag = int(btag)
             group, elem_no = tag >> 16, tag & 0xFFFF
             if elem_no == 0 and group != 2:  # group lengths go stale: drop them
                 del ds[tag]
@@ -357,8 +357,8 @@ class Deidentifier:
         report.add(tag, name, "C", _ACTION_WORDS["X"])
 
     def _meta(self, meta: Dataset, report: Report) -> None:
-        for tag in list(meta.keys()):
-            tag = int(tag)
+        for btag in list(meta.keys()):
+            tag = int(btag)
             if tag in (0x00020016, 0x00020100, 0x00020102):  # source AE, private info
                 del meta[tag]
                 report.add(tag, _name(tag), "X", _ACTION_WORDS["X"])
@@ -421,8 +421,8 @@ def _identifiers(ds: Dataset, profile: Profile) -> set[str]:
     found: set[str] = set()
 
     def visit(d: Dataset) -> None:
-        for tag in list(d.keys()):
-            tag = int(tag)
+        for btag in list(d.keys()):
+            tag = int(btag)
             raw = d.get_item(tag, keep_deferred=True)
             if raw is None or (isinstance(raw, RawDataElement) and raw.value is None):
                 continue

@@ -125,13 +125,13 @@ def _pixel_end(fd: int, start: int, size: int, little: bool, implicit: bool) -> 
     if length != _UNDEFINED:
         if pos + length > size:
             raise NotDicom("pixel data cut", user_message="the pixel data is cut short")
-        return pos + length
+        return int(pos + length)
     while pos + 8 <= size:  # encapsulated: items, then the sequence delimiter
         item = os.pread(fd, 8, pos)
         group, elem, ilen = struct.unpack(e + "HHI", item)
         pos += 8
         if (group, elem) == (0xFFFE, 0xE0DD):
-            return pos
+            return int(pos)
         if (group, elem) != (0xFFFE, 0xE000) or ilen == _UNDEFINED:
             break
         pos += ilen
