@@ -399,8 +399,8 @@ class Context:
         self._pattern = _identifier_pattern(_identifiers(ds, deid.profile))
 
     def scrub(self, text: str) -> str:
-        out = self._pattern.sub("*", text) if self._pattern.pattern else text
-        return _DIGITS.sub("*", out)
+        out = _DIGITS.sub("*", text)
+        return self._pattern.sub("*", out) if self._pattern.pattern else out
 
 
 def _first_text(ds: Dataset, tags: Iterable[int]) -> str:

@@ -27,6 +27,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset, read_partial
 from pydicom.filewriter import dcmwrite, write_dataset
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 
 from peer.dicom.deid.engine import Deidentifier, Report
@@ -85,7 +86,7 @@ def _risks(ds: Dataset) -> list[str]:
             return ""
         if value is None:
             return ""
-        if isinstance(value, list | tuple):
+        if isinstance(value, MultiValue | list | tuple):
             return "\\".join(str(v) for v in value)
         return str(value)
 

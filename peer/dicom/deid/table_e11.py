@@ -3,8 +3,9 @@ do not edit by hand.
 
 Edition: DICOM PS3.15 2026c Table E.1-1 (rows and Basic Profile column, from
 dicom-anonymizer 2.1.0's dicomfields_2026c.py). Option columns: idiscore 1.6.0's
-_public_dicom.py (NEMA web edition scraped 2025-06-24); its Basic Profile column agrees with 2026c on every
-common row. Rows only in 2026c have no option actions (Basic Profile applies).
+_public_dicom.py (NEMA web edition scraped 2025-06-24); its Basic Profile column
+agrees with 2026c on every common row. Rows only in 2026c have no option actions
+(the Basic Profile action applies).
 
 ROWS maps a tag to (name, Basic Profile action, then one action per option column in
 the order of OPTION_KEYS; "" = the option does not change the row). MASKED rows
