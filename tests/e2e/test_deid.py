@@ -12,7 +12,7 @@ from pydicom import dcmread
 
 from tests.peer.deid_study import PLANTED, write_planted_study
 
-from ..conftest import Server, cli_env, receive, sha_tree, start_send
+from ..conftest import Server, cli_env, receive, sha_tree, spawn, start_send
 
 
 def _phi_in(root: Path) -> list[tuple[str, str]]:
@@ -65,6 +65,34 @@ def test_send_deidentify_delivers_no_planted_value(server: Server, tmp_path: Pat
     assert entry["outcome"] == "delivered"
 
 
+def test_send_deidentify_through_the_relay(server: Server, tmp_path: Path) -> None:
+    """The relay upload streams the same transform: no planted value reaches the receiver."""
+    study = write_planted_study(tmp_path / "ZEBRAFISH_QUENTIN", per_series=2)
+    sender = spawn(
+        [
+            "send",
+            str(study.root),
+            "--server",
+            server.url,
+            "--json",
+            "--relay",
+            "--deidentify",
+            "--profile",
+            "research",
+        ]
+    )
+    assert sender.finish() == 0, sender.stderr
+    link = str(sender.event("link")["url"])
+    out = tmp_path / "out"
+    rcv = receive(server, link, out, "--yes")
+    assert rcv.finish() == 0, rcv.stderr
+    assert len([p for p in out.rglob("*") if p.is_file()]) == len(study.files)
+    assert _phi_in(out) == []
+    ds = dcmread(next(out.rglob("*.dcm")))
+    assert "ScanBeam profile research" in ds.DeidentificationMethod
+    assert rcv.event("done")["completeness"]["status"] == "complete"
+
+
 def test_risky_files_need_accept_risk(server: Server, tmp_path: Path) -> None:
     study = write_planted_study(tmp_path / "s", per_series=1)
     ds = dcmread(study.files[0])
@@ -92,6 +120,25 @@ def test_risky_files_need_accept_risk(server: Server, tmp_path: Path) -> None:
     assert "BurnedInAnnotation is not NO" in proc.stdout
     assert proc.stderr.strip().endswith("add --accept-risk to go on.")
     assert "Traceback" not in proc.stderr
+    accepted = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "peer.cli",
+            "deidentify",
+            str(study.root),
+            str(tmp_path / "d"),
+            "--accept-risk",
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert accepted.returncode == 0, accepted.stderr
+    assert "Going on (--accept-risk)." in accepted.stdout
+    assert _phi_in(tmp_path / "d") == []
 
 
 def test_deidentify_command_writes_copies_and_report(tmp_path: Path) -> None:

@@ -160,7 +160,7 @@ def write_planted_study(
             meta = FileMetaDataset()
             meta.MediaStorageSOPClassUID = CTImageStorage
             meta.MediaStorageSOPInstanceUID = sop
-            meta.TransferSyntaxUID = (
+            meta.TransferSyntaxUID = (  # type: ignore[assignment]
                 ImplicitVRLittleEndian if implicit_second and si == 1 else ExplicitVRLittleEndian
             )
             meta.SourceApplicationEntityTitle = "WIBBLE_CT"

@@ -102,7 +102,7 @@ def _risks(ds: Dataset) -> list[str]:
     if "SAVE" in [p.strip().upper() for p in text("ImageType").split("\\")]:
         out.append("ImageType contains SAVE (a saved screen)")
     if sop.startswith(_DOC_PREFIX) or 0x00420011 in ds:
-        out.append("encapsulated document (its content is not de-identified)")
+        out.append("encapsulated document (replaced by a dummy; check what remains)")
     return out
 
 
