@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 ROOT = "1.2.826.0.1.3680043.8.498.4242."
 
@@ -159,9 +159,10 @@ def write_planted_study(
             tail.add_new(0x01, "LO", "TRAILER-PHI-4242")
             meta = FileMetaDataset()
             meta.MediaStorageSOPClassUID = CTImageStorage
-            meta.MediaStorageSOPInstanceUID = sop
-            meta.TransferSyntaxUID = (  # type: ignore[assignment]
-                ImplicitVRLittleEndian if implicit_second and si == 1 else ExplicitVRLittleEndian
+            meta.MediaStorageSOPInstanceUID = UID(sop)
+            implicit = implicit_second and si == 1
+            meta.TransferSyntaxUID = UID(
+                ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
             )
             meta.SourceApplicationEntityTitle = "WIBBLE_CT"
             ds.file_meta = meta
