@@ -448,3 +448,51 @@ def test_bundled_fixture_files_are_not_modified(tmp_path: Path) -> None:
     before = src.read_bytes()
     _run(tmp_path, tmp_path.parent / (tmp_path.name + "-out"))
     assert src.read_bytes() == before
+
+
+# --- engine details -----------------------------------------------------------------
+
+
+def _engine_ds(**attrs: Any) -> Dataset:
+    ds = Dataset()
+    ds.PatientName = "ZEBRAFISH^QUENTIN"
+    ds.PatientID = "PHI-ID-99172"
+    for k, v in attrs.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def test_multi_valued_elements_are_handled_value_by_value() -> None:
+    ds = _engine_ds()
+    ds.add_new(0x00081030, "LO", ["CT ZEBRAFISH", "HEAD 99172"])  # StudyDescription
+    ds.add_new(0x00081155, "UI", ["1.2.3.4", "1.2.3.5"])  # ReferencedSOPInstanceUID
+    ds.add_new(0x00080020, "DA", ["20240315", "20240320"])  # StudyDate
+    deid = Deidentifier(DEFAULT_PROFILE, SALT)
+    deid.apply(ds, Report(), mark=False)
+    assert list(ds.StudyDescription) == ["CT *", "HEAD *"]
+    assert list(ds.ReferencedSOPInstanceUID) == [deid.new_uid("1.2.3.4"), deid.new_uid("1.2.3.5")]
+    first, second = (dt.datetime.strptime(d, "%Y%m%d") for d in ds.StudyDate)
+    assert (second - first).days == 5
+
+
+def test_each_patient_gets_its_own_shift() -> None:
+    deid = Deidentifier(DEFAULT_PROFILE, SALT)
+    shifts = []
+    for pid in ("A-1", "B-2", "A-1"):
+        ds = _engine_ds(PatientID=pid, StudyDate="20240315")
+        deid.apply(ds, Report(), mark=False)
+        shifts.append(ds.StudyDate)
+    assert shifts[0] == shifts[2] != shifts[1]
+
+
+def test_large_kept_values_before_the_pixels_survive_deferred_reading(tmp_path: Path) -> None:
+    path = _image(tmp_path / "icc.dcm", Modality="CT")
+    ds = dcmread(path)
+    icc = os.urandom(200_000)  # deferred by the reader (> 64 KiB), kept by the profile
+    ds.ICCProfile = icc
+    ds.save_as(path)
+    layout, _, _ = layout_file(path, Deidentifier(DEFAULT_PROFILE, SALT), Report())
+    out = tmp_path / "out.dcm"
+    with open(path, "rb") as fh:
+        out.write_bytes(layout.read(fh.fileno(), 0, layout.size))
+    assert dcmread(out).ICCProfile == icc

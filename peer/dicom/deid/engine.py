@@ -36,6 +36,7 @@ from pydicom import config as dicom_config
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID_dictionary  # type: ignore[attr-defined]
 
@@ -310,7 +311,7 @@ class Deidentifier:
     def _remap(self, elem: DataElement) -> bool:
         if elem.keyword.endswith("ClassUID") or elem.keyword in _KEEP_UID_KEYWORDS:
             return False
-        values = elem.value if isinstance(elem.value, list | tuple) else [elem.value]
+        values = elem.value if isinstance(elem.value, MultiValue | list | tuple) else [elem.value]
         texts = [str(v).strip("\0 ") for v in values if v is not None]
         if not texts or all(not t or _registry(t) for t in texts):
             return False
@@ -345,7 +346,9 @@ class Deidentifier:
             elem = self._element(ds, tag)
             if elem is None:
                 return
-            values = elem.value if isinstance(elem.value, list | tuple) else [elem.value]
+            values = (
+                elem.value if isinstance(elem.value, MultiValue | list | tuple) else [elem.value]
+            )
             cleaned = [ctx.scrub(str(v)) if v is not None else v for v in values]
             if cleaned != [str(v) if v is not None else v for v in values]:
                 report.add(tag, name, "C", _ACTION_WORDS["C"])
@@ -440,7 +443,9 @@ def _identifiers(ds: Dataset, profile: Profile) -> set[str]:
             action = profile.action(tag) if not tag >> 16 & 1 else ("X", "")
             if vr != "PN" and (action is None or action[0] in ("K", "C")):
                 continue
-            values = elem.value if isinstance(elem.value, list | tuple) else [elem.value]
+            values = (
+                elem.value if isinstance(elem.value, MultiValue | list | tuple) else [elem.value]
+            )
             for v in values:
                 text = str(v or "").strip()
                 if len(text) >= 3:
@@ -511,7 +516,7 @@ def _shift_one(text: str, vr: str, days: int) -> str | None:
 
 
 def _shift(value: Any, vr: str, days: int) -> Any:
-    values = value if isinstance(value, list | tuple) else [value]
+    values = value if isinstance(value, MultiValue | list | tuple) else [value]
     out = []
     for v in values:
         shifted = _shift_one(str(v or ""), vr, days)
