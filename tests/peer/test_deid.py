@@ -496,3 +496,25 @@ def test_large_kept_values_before_the_pixels_survive_deferred_reading(tmp_path: 
     with open(path, "rb") as fh:
         out.write_bytes(layout.read(fh.fileno(), 0, layout.size))
     assert dcmread(out).ICCProfile == icc
+
+
+def test_encapsulated_pixel_data_streams_fragment_for_fragment(tmp_path: Path) -> None:
+    """The planted study compressed to RLE Lossless (encapsulated: offset table and one
+    fragment per frame): the encapsulated pixel element is copied byte for byte."""
+    from pydicom.uid import RLELossless
+
+    study = write_planted_study(tmp_path / "src", per_series=2, implicit_second=False)
+    for path in study.files:
+        ds = dcmread(path)
+        ds.compress(RLELossless, generate_instance_uid=False)
+        ds.save_as(path)
+    written = _run(study.root, tmp_path / "out")
+    originals = {(int(d.SeriesNumber), int(d.InstanceNumber)): d for d in map(dcmread, study.files)}
+    for path in written:
+        ds = dcmread(path)
+        orig = originals[(int(ds.SeriesNumber), int(ds.InstanceNumber))]
+        assert ds.file_meta.TransferSyntaxUID == RLELossless
+        assert ds.PixelData == orig.PixelData  # the encapsulated bytes, unchanged
+        assert ds.pixel_array.tobytes() == orig.pixel_array.tobytes()
+        data = path.read_bytes()
+        assert not [v for v in PLANTED if v.encode() in data]

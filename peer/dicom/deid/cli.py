@@ -25,6 +25,7 @@ from peer.state import LocalState
 __all__ = ["add_options", "add_parser", "prepare_for_send", "run_deidentify"]
 
 _MAX_LISTED = 5
+_MAX_ROWS = 12
 
 
 class Out(Protocol):
@@ -106,8 +107,13 @@ def _prepare(args: argparse.Namespace, settings: Settings, out: Out, paths: list
     )
     out.line(
         f"De-identified {doc['instances']} DICOM instance(s): {doc['changed_elements']} "
-        f"element(s) changed across {len(doc['changes'])} tag/action pair(s)."
+        f"element(s) changed across {len(doc['changes'])} tag/action pair(s):"
     )
+    rows = sorted(doc["changes"], key=lambda r: (r["keyword"] == "(private)", r["tag"]))
+    for r in rows[:_MAX_ROWS]:
+        out.line(f"  {r['tag']} {r['keyword']}: {r['action']} ({r['rule']}) x{r['count']}")
+    if len(rows) > _MAX_ROWS:
+        out.line(f"  … and {len(rows) - _MAX_ROWS} more (every row: --json, or the report)")
     return prepared
 
 
