@@ -102,6 +102,13 @@ class SourceFile:
     # size of ``path``, checked with mtime_ns for changes)
     transform: FileTransform | None = None
     source_size: int = -1
+    # the mtime put in the manifest instead of the real one (a de-identified copy must not
+    # reveal when the original was written); None: the real one
+    sent_mtime_ns: int | None = None
+
+    @property
+    def manifest_mtime_ns(self) -> int:
+        return self.mtime_ns if self.sent_mtime_ns is None else self.sent_mtime_ns
 
 
 def collect_sources(paths: Sequence[Path]) -> list[SourceFile]:

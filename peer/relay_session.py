@@ -143,7 +143,7 @@ def _same_sources(record: DropRecord, sources: Sequence[SourceFile]) -> bool:
     except (BeamError, ValueError):
         return False
     return [(f.path, f.size, f.mtime_ns) for f in manifest.files] == [
-        (s.rel, s.size, s.mtime_ns) for s in sources
+        (s.rel, s.size, s.manifest_mtime_ns) for s in sources
     ]
 
 
@@ -243,7 +243,9 @@ async def _create(
     if summary is None:
         summary = summarize((s.rel, s.path) for s in sources)
     manifest = Manifest(
-        files=tuple(FileEntry(s.rel, s.size, s.mtime_ns, secrets.token_bytes(16)) for s in sources),
+        files=tuple(
+            FileEntry(s.rel, s.size, s.manifest_mtime_ns, secrets.token_bytes(16)) for s in sources
+        ),
         chunk_size=RELAY_CHUNK_SIZE,
         summary=summary,
     )

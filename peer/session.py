@@ -495,7 +495,9 @@ def _build_manifest(
     if summary is None:
         summary = summarize((s.rel, s.path) for s in sources)
     files = tuple(
-        FileEntry(path=s.rel, size=s.size, mtime_ns=s.mtime_ns, prefix=secrets.token_bytes(16))
+        FileEntry(
+            path=s.rel, size=s.size, mtime_ns=s.manifest_mtime_ns, prefix=secrets.token_bytes(16)
+        )
         for s in sources
     )
     return Manifest(files=files, summary=summary)

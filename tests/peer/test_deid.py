@@ -518,3 +518,17 @@ def test_encapsulated_pixel_data_streams_fragment_for_fragment(tmp_path: Path) -
         assert ds.pixel_array.tobytes() == orig.pixel_array.tobytes()
         data = path.read_bytes()
         assert not [v for v in PLANTED if v.encode() in data]
+
+
+def test_the_manifest_hides_the_originals_mtimes(planted: Planted) -> None:
+    from peer.session import _build_manifest
+
+    deid = Deidentifier(DEFAULT_PROFILE, SALT)
+    prepared = prepare(collect_sources([planted.root]), deid)
+    manifest = _build_manifest(prepared.sources, prepared.summary)
+    real = {f.stat().st_mtime_ns for f in planted.files}
+    sent = [f.mtime_ns for f in manifest.files]
+    assert not set(sent) & real and all(0 <= m < 1 << 53 for m in sent)
+    again = prepare(collect_sources([planted.root]), deid)  # stable: resumes still match
+    assert [s.manifest_mtime_ns for s in again.sources] == sent
+    assert manifest.summary is prepared.summary

@@ -155,6 +155,11 @@ class Deidentifier:
                 self._uids[uid] = cached
         return cached
 
+    def pseudo_mtime_ns(self, rel: str, mtime_ns: int) -> int:
+        """An opaque stand-in for a file's mtime: changes when the file does, tells
+        nothing about when it was written (0 .. 2^53)."""
+        return int.from_bytes(self._mac(b"scanbeam mtime", f"{rel}|{mtime_ns}", 8), "big") >> 11
+
     def shift_days(self, patient_key: str) -> int:
         """Days to move this patient's dates back: 1..3650, fixed per patient and salt."""
         n = int.from_bytes(self._mac(b"scanbeam dates", patient_key, 8), "big")

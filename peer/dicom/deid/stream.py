@@ -288,7 +288,15 @@ def prepare(
                     continue
                 rel = f"deidentified/other/{src.rel.rsplit('/', 1)[-1]}"
                 prepared.risks.append((src.rel, ["not DICOM: sent as it is, not de-identified"]))
-                out.append(SourceFile(rel, src.path, src.size, src.mtime_ns))
+                out.append(
+                    SourceFile(
+                        rel,
+                        src.path,
+                        src.size,
+                        src.mtime_ns,
+                        sent_mtime_ns=deid.pseudo_mtime_ns(rel, src.mtime_ns),
+                    )
+                )
                 prepared.renamed[rel] = src.rel
                 yield rel, src.path
                 continue
@@ -308,6 +316,7 @@ def prepare(
                     src.mtime_ns,
                     transform=transform,
                     source_size=src.size,
+                    sent_mtime_ns=deid.pseudo_mtime_ns(rel, src.mtime_ns),
                 )
             )
             prepared.renamed[rel] = src.rel
