@@ -324,7 +324,9 @@ def _image(path: Path, **attrs: Any) -> Path:
 )
 def test_risky_inputs_are_flagged(tmp_path: Path, attrs: dict[str, Any], risk: str | None) -> None:
     path = _image(tmp_path / "x.dcm", **attrs)
-    _, _, risks = layout_file(path, Deidentifier(DEFAULT_PROFILE, SALT), Report())
+    _, ds, risks = layout_file(path, Deidentifier(DEFAULT_PROFILE, SALT), Report())
+    burned = attrs.get("BurnedInAnnotation") == "YES"
+    assert ds.PatientIdentityRemoved == ("NO" if burned else "YES")
     if risk is None:
         assert risks == []
     else:

@@ -376,7 +376,13 @@ class Deidentifier:
                     report.add(tag, _name(tag), "U", _ACTION_WORDS["U"])
 
     def _mark(self, ds: Dataset) -> None:
-        ds.PatientIdentityRemoved = "YES"
+        # YES claims the pixels are clean too (PS3.3 C.12.1.1.6): not when the header itself
+        # says text is burned in (the sender accepted that risk; the header must not lie)
+        try:
+            burned = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+        except Exception:
+            burned = ""
+        ds.PatientIdentityRemoved = "NO" if burned == "YES" else "YES"
         methods = [f"ScanBeam profile {self.profile.name}"[:64], EDITION]
         ds.DeidentificationMethod = methods
         items = []
