@@ -45,6 +45,7 @@ test: lint typecheck coverage unit
 bench: setup
 	$(BIN)/python bench/transfer.py
 	$(BIN)/python bench/relay.py
+	$(BIN)/python bench/deid.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

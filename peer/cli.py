@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from peer import session
+from peer.dicom.deid import cli as deid_cli
 from peer.errors import BeamError, CancelledByUser, DeclinedError
 from peer.settings import DEFAULT_SERVER, Settings
 from peer.units import human_bytes, human_duration, human_rate
@@ -122,6 +123,7 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="F",
         help="protect the relay link with the first line of F",
     )
+    deid_cli.add_options(sd, flag=True)
     net(sd)
 
     rc = sub.add_parser("receive", help="receive with a code or link from the sender")
@@ -145,6 +147,7 @@ def _build_parser() -> argparse.ArgumentParser:
     dr.add_argument("action", nargs="?", choices=["list", "log", "delete"], default="list")
     dr.add_argument("id", nargs="?", help="drop id (for log and delete)")
     dr.add_argument("--json", action="store_true", help="JSON output")
+    deid_cli.add_parser(sub)
     lg = sub.add_parser("log", help="show the disclosure log: what was sent, to whom, how")
     lg.add_argument("--csv", action="store_true", help="CSV instead of a table")
     lg.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -172,6 +175,7 @@ def _run_log(args: argparse.Namespace, settings: Settings) -> int:
         print(
             f"{when}  {r.get('how', ''):6} {r.get('to', ''):28} {r.get('outcome', ''):16} "
             f"{r.get('files', 0)} files {human_bytes(int(r.get('bytes', 0)))}  study {studies}"
+            + (f"  de-identified: {r['deidentified']}" if r.get("deidentified") else "")
         )
     return 0
 
@@ -360,6 +364,7 @@ def _run_send(args: argparse.Namespace, settings: Settings, out: _Out) -> int:
             expires_in=args.expires,
             max_downloads=args.max_downloads,
             password=password,
+            prepared=prepared,
         )
 
     def on_event_relay(ev: object) -> None:
@@ -389,6 +394,7 @@ def _run_send(args: argparse.Namespace, settings: Settings, out: _Out) -> int:
         elif isinstance(ev, session.Progress):
             out.progress(ev.bytes, ev.total, ev.rate)
 
+    prepared = deid_cli.prepare_for_send(args, settings, out)
     if args.wait is not None:
         settings = dataclasses.replace(settings, wait_timeout=args.wait)
     elif not args.no_relay:
@@ -601,6 +607,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_log(args, Settings.load(env, {}))
         if args.command == "drops":
             return _run_drops(args, Settings.load(env, {}), out)
+        if args.command == "deidentify":
+            return deid_cli.run_deidentify(args, Settings.load(env, {}), out)
         settings = _settings(args, env)
         if args.command == "tui":
             return _run_tui(args, settings)

@@ -20,7 +20,7 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from peer.errors import (
     BeamError,
@@ -33,7 +33,14 @@ from peer.errors import (
 from peer.proto.keys import kdf
 from peer.proto.manifest import Manifest, check_path
 
-__all__ = ["Destination", "SourceFile", "SourceReader", "collect_sources"]
+__all__ = [
+    "Destination",
+    "FileTransform",
+    "Layout",
+    "SourceFile",
+    "SourceReader",
+    "collect_sources",
+]
 
 STAGING = ".scanbeam-partial"
 CHECKPOINT_BYTES = 16 * 1024 * 1024
@@ -43,11 +50,65 @@ _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 @dataclass(frozen=True, slots=True)
+class Layout:
+    """A file sent as a transform of its source (e.g. a de-identified DICOM file): new
+    ``head`` bytes, then ``raw_len`` bytes of the source from ``raw_start`` (the pixel
+    data, never loaded whole), then new ``tail`` bytes."""
+
+    head: bytes
+    raw_start: int
+    raw_len: int
+    tail: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.head) + self.raw_len + len(self.tail)
+
+    def read(self, fd: int, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes of the transformed file from ``offset``."""
+        out: list[bytes] = []
+        end = min(offset + length, self.size)
+        h, r = len(self.head), len(self.head) + self.raw_len
+        if offset < h:
+            out.append(self.head[offset : min(end, h)])
+        if offset < r and end > h:
+            start = max(offset, h) - h
+            want = min(end, r) - h - start
+            data = os.pread(fd, want, self.raw_start + start)
+            out.append(data)
+            if len(data) < want:
+                return b"".join(out)
+        if end > r:
+            out.append(self.tail[max(offset, r) - r : end - r])
+        return b"".join(out)
+
+
+class FileTransform(Protocol):
+    def layout(self, path: Path) -> Layout:
+        """The transformed file's layout, the same every time for the same source.
+
+        Raises:
+            BeamError: the source cannot be transformed (any more).
+        """
+
+
+@dataclass(frozen=True, slots=True)
 class SourceFile:
     rel: str
     path: Path
     size: int
     mtime_ns: int
+    # sent as a transform of ``path`` (size is the transformed size; source_size the
+    # size of ``path``, checked with mtime_ns for changes)
+    transform: FileTransform | None = None
+    source_size: int = -1
+    # the mtime put in the manifest instead of the real one (a de-identified copy must not
+    # reveal when the original was written); None: the real one
+    sent_mtime_ns: int | None = None
+
+    @property
+    def manifest_mtime_ns(self) -> int:
+        return self.mtime_ns if self.sent_mtime_ns is None else self.sent_mtime_ns
 
 
 def collect_sources(paths: Sequence[Path]) -> list[SourceFile]:
@@ -118,6 +179,7 @@ class SourceReader:
         self._fd = -1
         self._buf = b""
         self._buf_off = 0
+        self._layout: Layout | None = None
 
     def read(self, file_ix: int, offset: int, length: int) -> bytes:
         """Return exactly ``length`` bytes at ``offset``; SourceError if the file changed."""
@@ -127,7 +189,10 @@ class SourceReader:
         if not (self._buf_off <= offset and offset + length <= end):
             want = max(length, self._block)
             try:
-                self._buf = os.pread(self._fd, want, offset)
+                if self._layout is not None:
+                    self._buf = self._layout.read(self._fd, offset, want)
+                else:
+                    self._buf = os.pread(self._fd, want, offset)
             except OSError as exc:
                 raise self._error(f"cannot be read ({exc.strerror})") from None
             self._buf_off = offset
@@ -151,7 +216,8 @@ class SourceReader:
             st = f.path.stat()
         except OSError as exc:
             raise self._error(f"vanished ({exc.strerror})", file_ix) from None
-        if st.st_size != f.size or st.st_mtime_ns != f.mtime_ns:
+        size = f.source_size if f.transform is not None else f.size
+        if st.st_size != size or st.st_mtime_ns != f.mtime_ns:
             raise self._error("changed while it was being sent", file_ix)
 
     def _open(self, file_ix: int) -> None:
@@ -162,6 +228,14 @@ class SourceReader:
         except OSError as exc:
             raise self._error(f"cannot be opened ({exc.strerror})") from None
         self._buf, self._buf_off = b"", 0
+        f = self._files[file_ix]
+        if f.transform is not None:
+            try:
+                self._layout = f.transform.layout(f.path)
+            except BeamError as exc:
+                raise self._error(f"cannot be transformed any more ({exc.user_message})") from None
+            if self._layout.size != f.size:
+                raise self._error("changed while it was being sent")
 
     def _error(self, what: str, file_ix: int | None = None) -> SourceError:
         rel = self._files[self._ix if file_ix is None else file_ix].rel
@@ -172,6 +246,7 @@ class SourceReader:
             os.close(self._fd)
         self._fd = -1
         self._ix = -1
+        self._layout = None
 
 
 def _identity(manifest: Manifest) -> str:

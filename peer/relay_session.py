@@ -143,7 +143,7 @@ def _same_sources(record: DropRecord, sources: Sequence[SourceFile]) -> bool:
     except (BeamError, ValueError):
         return False
     return [(f.path, f.size, f.mtime_ns) for f in manifest.files] == [
-        (s.rel, s.size, s.mtime_ns) for s in sources
+        (s.rel, s.size, s.manifest_mtime_ns) for s in sources
     ]
 
 
@@ -157,6 +157,8 @@ async def upload(
     password: str | None,
     sources: Sequence[SourceFile] | None = None,
     summary: dict[str, Any] | None = None,
+    deid: str = "",
+    remap: Callable[[str], str] | None = None,
 ) -> LinkReady:
     """Upload ``paths`` as a drop (or finish an interrupted upload of the same files)."""
     from peer.session import _Progress
@@ -179,7 +181,7 @@ async def upload(
         try:
             if record is None:
                 record = await _create(
-                    client, settings, sources, expires_in, max_downloads, password, summary
+                    client, settings, sources, expires_in, max_downloads, password, summary, remap
                 )
                 state.save_drop(record)
             manifest = decode_manifest(bytes.fromhex(record.manifest))
@@ -209,6 +211,7 @@ async def upload(
             sha256_list_digest=digest_of(digests) if digests else "",
             expires=record.expires,
             server=settings.server,
+            deidentified=deid,
         )
     )
     return LinkReady(
@@ -235,6 +238,7 @@ async def _create(
     max_downloads: int,
     password: str | None,
     summary: dict[str, Any] | None,
+    remap: Callable[[str], str] | None,
 ) -> DropRecord:
     from peer.dicom.summary import summarize
 
@@ -242,9 +246,11 @@ async def _create(
         summary = summarize((s.rel, s.path) for s in sources)
     from peer.session import build_previews
 
-    previews = await asyncio.to_thread(build_previews, sources, settings)
+    previews = await asyncio.to_thread(build_previews, sources, settings, remap)
     manifest = Manifest(
-        files=tuple(FileEntry(s.rel, s.size, s.mtime_ns, secrets.token_bytes(16)) for s in sources),
+        files=tuple(
+            FileEntry(s.rel, s.size, s.manifest_mtime_ns, secrets.token_bytes(16)) for s in sources
+        ),
         chunk_size=RELAY_CHUNK_SIZE,
         summary=summary,
         previews=previews,

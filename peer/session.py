@@ -15,9 +15,10 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from peer.dicom.complete import format_completeness
@@ -59,6 +60,9 @@ from peer.settings import Settings
 from peer.state import Disclosure, LocalState, digest_of, study_uids
 from peer.units import human_bytes, human_duration, human_rate
 from signaling.client import SignalingClient, SignalingError
+
+if TYPE_CHECKING:
+    from peer.dicom.deid.stream import Prepared
 
 __all__ = [
     "BeamError",
@@ -340,6 +344,7 @@ async def send(
     *,
     code: str | None = None,
     on_no_path: HandOff | None = None,
+    prepared: Prepared | None = None,
 ) -> Done:
     """Send files and folders to one receiver who joins with the printed code or link.
 
@@ -348,12 +353,22 @@ async def send(
     a sealed envelope (docs/protocol.md §4.2), so its download starts by itself; then
     NoPathError is raised as usual.
 
+    ``prepared``: a de-identified selection (`peer.dicom.deid.prepare`): its sources
+    (transforms of the originals) and its summary are sent instead of ``paths``.
+
     Raises:
         BeamError: any failure, with a user message.
     """
-    sources = collect_sources(paths)
+    if prepared is not None:
+        sources = prepared.sources
+        summary: dict[str, Any] | None = prepared.summary
+        remap = prepared.remap_uid
+    else:
+        sources = collect_sources(paths)
+        summary, remap = None, None
     # headers and one image per series are read: off the event loop (the TUI stays live)
-    manifest = await asyncio.to_thread(_build_manifest, sources, settings)
+    manifest = await asyncio.to_thread(_build_manifest, sources, settings, summary, remap)
+    deid_label = prepared.label if prepared is not None else ""
     client = await _connect(settings, settings.server)
     try:
         try:
@@ -412,9 +427,19 @@ async def send(
             try:
                 done = await _send_over(link, paired, manifest, sources, settings, on_event)
             except BeamError as exc:
-                _disclose(settings, manifest, link.via, f"code {nameplate}", exc, ())
+                _disclose(
+                    settings, manifest, link.via, f"code {nameplate}", exc, (), deid=deid_label
+                )
                 raise
-            _disclose(settings, manifest, done.via, f"code {nameplate}", None, done.digests)
+            _disclose(
+                settings,
+                manifest,
+                done.via,
+                f"code {nameplate}",
+                None,
+                done.digests,
+                deid=deid_label,
+            )
             return done
         finally:
             await link.close()
@@ -433,6 +458,7 @@ def _disclose(
     *,
     expires: float | None = None,
     outcome: str | None = None,
+    deid: str = "",
 ) -> None:
     """Append to the sender's disclosure log (what, to whom, how, outcome)."""
     if outcome is None:
@@ -449,6 +475,7 @@ def _disclose(
             sha256_list_digest=digest_of(digests) if digests else "",
             expires=expires,
             server=settings.server,
+            deidentified=deid,
         )
     )
 
@@ -468,27 +495,45 @@ def _servers(settings: Settings) -> list[Any]:
     return ice_servers(settings.stun, settings.turn, settings.turn_user, settings.turn_password)
 
 
-def _build_manifest(sources: Sequence[SourceFile], settings: Settings | None = None) -> Manifest:
+def _build_manifest(
+    sources: Sequence[SourceFile],
+    settings: Settings | None = None,
+    summary: dict[str, Any] | None = None,
+    remap: Callable[[str], str] | None = None,
+) -> Manifest:
     from peer.dicom.summary import summarize
 
-    summary = summarize((s.rel, s.path) for s in sources)
+    if summary is None:
+        summary = summarize((s.rel, s.path) for s in sources)
     files = tuple(
-        FileEntry(path=s.rel, size=s.size, mtime_ns=s.mtime_ns, prefix=secrets.token_bytes(16))
+        FileEntry(
+            path=s.rel, size=s.size, mtime_ns=s.manifest_mtime_ns, prefix=secrets.token_bytes(16)
+        )
         for s in sources
     )
-    return Manifest(files=files, summary=summary, previews=build_previews(sources, settings))
+    previews = build_previews(sources, settings, remap)
+    return Manifest(files=files, summary=summary, previews=previews)
 
 
 def build_previews(
-    sources: Sequence[SourceFile], settings: Settings | None
+    sources: Sequence[SourceFile],
+    settings: Settings | None,
+    remap: Callable[[str], str] | None = None,
 ) -> tuple[SeriesPreview, ...]:
-    """Series thumbnails for the manifest, unless ``settings.previews`` is off."""
+    """Series thumbnails for the manifest, unless ``settings.previews`` is off.
+
+    ``remap`` maps a series UID as the source files hold it to the one the offer shows
+    (de-identified sends: the pixels are the originals', the UIDs are not).
+    """
     if settings is not None and not settings.previews:
         return ()
     from peer.dicom.preview import DEFAULT_BUDGET, offer_previews
 
     budget = DEFAULT_BUDGET if settings is None else settings.preview_seconds
-    return offer_previews((s.path for s in sources), budget=budget)
+    previews = offer_previews((s.path for s in sources), budget=budget)
+    if remap is None:
+        return previews
+    return tuple(dataclasses.replace(p, series=remap(p.series)) for p in previews)
 
 
 async def _recv(link: RtcLink, idle: float | None) -> bytes:
@@ -865,6 +910,7 @@ async def send_or_relay(
     expires_in: float = 7 * 86400.0,
     max_downloads: int = 1,
     password: str | None = None,
+    prepared: Prepared | None = None,
 ) -> Done | LinkReady:
     """Send directly; fall back to a relay link when nobody joins or no path opens.
 
@@ -887,6 +933,10 @@ async def send_or_relay(
             expires_in=expires_in,
             max_downloads=max_downloads,
             password=password,
+            sources=prepared.sources if prepared is not None else None,
+            summary=prepared.summary if prepared is not None else None,
+            deid=prepared.label if prepared is not None else "",
+            remap=prepared.remap_uid if prepared is not None else None,
         )
         on_event(ready)
         return ready
@@ -906,7 +956,11 @@ async def send_or_relay(
 
     try:
         return await send(
-            settings, paths, on_event, on_no_path=None if relay == "never" else hand_off
+            settings,
+            paths,
+            on_event,
+            on_no_path=None if relay == "never" else hand_off,
+            prepared=prepared,
         )
     except NoReceiver:
         if relay == "never":

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,6 +42,7 @@ LOG_FIELDS = (
     "sha256_list_digest",
     "expires",
     "server",
+    "deidentified",
 )
 
 
@@ -70,6 +72,7 @@ class Disclosure:
     sha256_list_digest: str
     expires: float | None = None
     server: str = ""
+    deidentified: str = ""  # the de-identification profile and table edition, if any
 
 
 @dataclass(slots=True)
@@ -109,6 +112,42 @@ class LocalState:
                 user_message=f"Cannot write ScanBeam's local state in {str(self.home)!r}: "
                 f"{exc.strerror or exc}.",
             ) from None
+
+    # de-identification
+
+    def deid_salt(self) -> bytes:
+        """The sender's secret de-identification salt (32 random bytes, file mode 0600),
+        created on first use: the same salt maps the same UIDs and dates the same way on
+        every send, and nobody without it can recompute or reverse the mapping."""
+        self._ensure()
+        path = self.home / "deid-salt"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise LocalFileError(
+                str(exc), user_message=f"Cannot create the de-identification salt: {exc}."
+            ) from None
+        else:
+            try:
+                os.write(fd, secrets.token_bytes(32))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        try:
+            salt = path.read_bytes()
+        except OSError as exc:
+            raise LocalFileError(
+                str(exc), user_message=f"Cannot read the de-identification salt: {exc}."
+            ) from None
+        if len(salt) < 32:
+            raise LocalFileError(
+                "short salt",
+                user_message=f"The de-identification salt {str(path)!r} is damaged; "
+                "move it away to create a new one (UIDs will then map differently).",
+            )
+        return salt
 
     # disclosure log
 
@@ -158,6 +197,7 @@ class LocalState:
                     r.get("sha256_list_digest", ""),
                     _iso(r.get("expires")),
                     r.get("server", ""),
+                    r.get("deidentified", ""),
                 ]
             )
         return buf.getvalue()

@@ -16,6 +16,7 @@ dropped.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import stat
@@ -24,6 +25,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -207,6 +209,14 @@ def _truncated(ds: Dataset, end: int, size: int) -> bool:
 
 
 def _read_header(path: Path, size: int) -> _Header | None:
+    try:
+        with path.open("rb") as fp:
+            return _parse_header(fp, size)
+    except OSError:
+        return None
+
+
+def _parse_header(fp: BinaryIO, size: int) -> _Header | None:
     """Parse the header of one file; None unless it is a usable DICOM instance.
 
     That is a Part 10 file (preamble, "DICM", file meta with a transfer syntax), not a
@@ -216,16 +226,15 @@ def _read_header(path: Path, size: int) -> _Header | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with path.open("rb") as fp:
-                ds = read_partial(
-                    fp,
-                    stop_when=_past_header,
-                    defer_size=_DEFER_SIZE,
-                    force=False,
-                    specific_tags=list(_TAGS.values()),
-                )
-                if _truncated(ds, fp.tell(), size):
-                    return None
+            ds = read_partial(
+                fp,
+                stop_when=_past_header,
+                defer_size=_DEFER_SIZE,
+                force=False,
+                specific_tags=list(_TAGS.values()),
+            )
+            if _truncated(ds, fp.tell(), size):
+                return None
             meta = ds.file_meta
             sop_class = str(meta.get("MediaStorageSOPClassUID", "") or _value(ds, "SOPClassUID"))
             syntax = clean_text(meta.get("TransferSyntaxUID", ""))
@@ -264,7 +273,7 @@ def _file_size(path: Path) -> tuple[int, bool]:
     return st.st_size, stat.S_ISREG(st.st_mode)
 
 
-def summarize(files: Iterable[tuple[str, Path]]) -> dict[str, object]:
+def summarize(files: Iterable[tuple[str, Path | tuple[int, bytes]]]) -> dict[str, object]:
     """Summarise an offered file list by study and series, reading headers only.
 
     Never raises on file content: unreadable, non-DICOM, truncated or malformed files
@@ -272,7 +281,8 @@ def summarize(files: Iterable[tuple[str, Path]]) -> dict[str, object]:
     Memory and time do not depend on image size.
 
     Args:
-        files: ``(relative path, absolute path)`` pairs, e.g. a whole offer.
+        files: ``(relative path, absolute path)`` pairs, e.g. a whole offer; instead of
+            a path, ``(size, header bytes)`` of a transformed file (`peer.dicom.deid`).
 
     Returns:
         A JSON-serialisable dict with ``dicom_files``, ``other_files``, ``bytes`` (all
@@ -288,9 +298,13 @@ def summarize(files: Iterable[tuple[str, Path]]) -> dict[str, object]:
     dicom_files = 0
     total = 0
     for rel, path in files:
-        size, regular = _file_size(path)
+        if isinstance(path, tuple):  # a transformed file: its new header, its new size
+            size, head = path
+            header = _parse_header(io.BytesIO(head), size)
+        else:
+            size, regular = _file_size(path)
+            header = _read_header(path, size) if regular else None
         total += size
-        header = _read_header(path, size) if regular else None
         if header is None:
             other.append(clean_text(rel))
             continue
