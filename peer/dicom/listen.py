@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,13 +103,16 @@ class StudySink:
         if shutil.disk_usage(self.root).free - size < self.min_free:
             return 0xA700, None  # Refused: out of resources
         try:
-            ds = dcmread(
-                src,
-                stop_before_pixels=True,
-                specific_tags=["StudyInstanceUID", "SeriesInstanceUID"],
-            )
-            study_uid = ds.get("StudyInstanceUID", "")
-            series_uid = ds.get("SeriesInstanceUID", "")
+            # peer data: invalid values are handled below (hashed names), not warned about
+            with self._lock, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = dcmread(
+                    src,
+                    stop_before_pixels=True,
+                    specific_tags=["StudyInstanceUID", "SeriesInstanceUID"],
+                )
+                study_uid = str(ds.get("StudyInstanceUID", "") or "")
+                series_uid = str(ds.get("SeriesInstanceUID", "") or "")
         except Exception:  # cannot parse what was sent
             return 0xC210, None
         study = safe_name(study_uid, "unknown-study")

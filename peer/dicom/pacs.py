@@ -356,7 +356,7 @@ def _status_text(code: int) -> tuple[str, str]:
 
     category = code_to_category(code)
     described = STORAGE_SERVICE_CLASS_STATUS.get(code)
-    text = described[1] if described else category
+    text = described[1] if described and described[1] else category
     if category == "Success":
         return "stored", text
     if category == "Warning":
