@@ -26,18 +26,39 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEG2000MCLossless,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
 
 from peer.dicom.pacs import validate_aet
 from peer.dicom.summary import clean_text
 from peer.errors import BeamError
 
-__all__ = ["INCOMING", "ListenConfig", "StudySink", "safe_name", "serve"]
+__all__ = [
+    "INCOMING",
+    "ListenConfig",
+    "StudySink",
+    "preferred_syntaxes",
+    "safe_name",
+    "serve",
+]
 
 INCOMING = ".scanbeam-incoming"
 _UID_RE = re.compile(r"[0-9]+(?:\.[0-9]+)*")
@@ -253,6 +274,31 @@ class _Listener:
         )
 
 
+_LOSSLESS_FIRST = (
+    JPEGLSLossless,
+    RLELossless,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEG2000Lossless,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    JPEG2000MCLossless,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+)
+
+
+def preferred_syntaxes(known: Iterable[str]) -> list[str]:
+    """Our order of preference as an SCP (pynetdicom picks, per context, the first of ours
+    that the peer proposed): lossless compressed first, so a modality that offers the
+    syntax its files are in keeps them as they are; then uncompressed; lossy syntaxes last,
+    so that a peer offering both never has to compress lossily for us."""
+    rest = [s for s in known if s not in _LOSSLESS_FIRST]
+    return [*_LOSSLESS_FIRST, *rest]
+
+
 def _clean_incoming(path: Path) -> None:
     """The spool folder, private to us, emptied of what a crashed run left."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -296,8 +342,9 @@ def serve(config: ListenConfig, on_event: OnEvent, stop: threading.Event) -> Non
     ae.dimse_timeout = config.timeout
     ae.network_timeout = config.timeout
     ae.maximum_pdu_size = 1 << 18  # bounded PDUs: a peer cannot make us buffer gigabytes
+    syntaxes = preferred_syntaxes(ALL_TRANSFER_SYNTAXES)
     for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(cx.abstract_syntax, syntaxes)
     ae.add_supported_context(Verification)
     listener = _Listener(config, on_event)
     handlers = [

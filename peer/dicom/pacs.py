@@ -496,7 +496,7 @@ class _Sender:
             if isinstance(payload, InstanceResult):
                 return payload
             try:
-                payload.decompress()
+                payload.decompress(generate_instance_uid=False)  # same instance, decoded
             except Exception as exc:  # a missing or failing decoder plugin
                 return failed(
                     f"the PACS refused {UID(inst.syntax).name} and it could not be decompressed "
