@@ -108,7 +108,9 @@ def _push(
     timeout: float,
 ) -> int:
     out.line(f"Storing into the PACS {target} as {aet}…")
-    result = push(items, target, calling_aet=aet, timeout=timeout, on_result=lambda r: _report(out, r))
+    result = push(
+        items, target, calling_aet=aet, timeout=timeout, on_result=lambda r: _report(out, r)
+    )
     return _finish(out, result)
 
 

@@ -344,10 +344,10 @@ def serve(config: ListenConfig, on_event: OnEvent, stop: threading.Event) -> Non
     ae.maximum_pdu_size = 1 << 18  # bounded PDUs: a peer cannot make us buffer gigabytes
     syntaxes = preferred_syntaxes(ALL_TRANSFER_SYNTAXES)
     for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, syntaxes)
+        ae.add_supported_context(str(cx.abstract_syntax), syntaxes)
     ae.add_supported_context(Verification)
     listener = _Listener(config, on_event)
-    handlers = [
+    handlers: list[Any] = [
         (evt.EVT_ACCEPTED, listener.on_accepted),
         (evt.EVT_C_STORE, listener.on_store),
         (evt.EVT_RELEASED, lambda e: listener.on_end(e, "released")),
@@ -355,14 +355,13 @@ def serve(config: ListenConfig, on_event: OnEvent, stop: threading.Event) -> Non
         (evt.EVT_CONN_CLOSE, lambda e: listener.on_end(e, "closed")),
     ]
     try:
-        server = ae.start_server(
-            (config.host, config.port), block=False, evt_handlers=handlers
-        )
+        server = ae.start_server((config.host, config.port), block=False, evt_handlers=handlers)
     except OSError as exc:
         raise BeamError(
             str(exc),
             user_message=f"Cannot listen on {config.host}:{config.port}: {exc.strerror or exc}.",
         ) from None
+    assert server is not None  # block=False returns the server
     try:
         host, port = server.server_address[:2]
         listener.emit(

@@ -123,9 +123,7 @@ def parse_target(text: str) -> PacsTarget:
         )
     port = int(m.group(2))
     if not 0 < port < 65536:
-        raise BeamError(
-            f"bad port {port}", user_message=f"Bad PACS port {port}: use 1 to 65535."
-        )
+        raise BeamError(f"bad port {port}", user_message=f"Bad PACS port {port}: use 1 to 65535.")
     aet = m.group(3)
     called = validate_aet(aet, "called AE title") if aet is not None else DEFAULT_CALLED_AET
     return PacsTarget(m.group(1), port, called)
@@ -462,9 +460,7 @@ class _Sender:
         self.assoc = assoc
         self.accepted: dict[str, set[str]] = {}
         for cx in assoc.accepted_contexts:
-            self.accepted.setdefault(str(cx.abstract_syntax), set()).add(
-                str(cx.transfer_syntax[0])
-            )
+            self.accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
 
     def send(self, inst: Instance) -> InstanceResult:
         from pynetdicom import _config
@@ -596,7 +592,9 @@ def push(
             if not tried:
                 raise
             for inst in members:
-                record(InstanceResult(inst.rel, inst.sop_uid, "failed", None, "", "", exc.user_message))
+                record(
+                    InstanceResult(inst.rel, inst.sop_uid, "failed", None, "", "", exc.user_message)
+                )
             continue
         tried = True
         associations += 1

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from peer.dicom.synth import write_study
 
@@ -85,8 +85,13 @@ def listener(tmp_path: Path) -> Iterator[tuple[Peer, int, Path]]:
 
 def _storescu(port: int, *paths: Path, options: tuple[str, ...] = ()) -> None:
     r = subprocess.run(
-        [need("storescu"), "-aet", "MODALITY", "-aec", "SCANBEAM", "+sd", "+r", "+sp", "*.dcm"]
-        + [*options, "127.0.0.1", str(port), *map(str, paths)],
+        [
+            need("storescu"),
+            *("-aet", "MODALITY", "-aec", "SCANBEAM", "+sd", "+r", "+sp", "*.dcm"),
+            *options,
+            *("127.0.0.1", str(port)),
+            *map(str, paths),
+        ],
         capture_output=True,
         text=True,
         timeout=timeout(120),
@@ -218,16 +223,16 @@ def test_push_decompresses_only_what_the_pacs_refuses(
         assert got.PixelData == dcmread(src).PixelData  # lossless: the very same pixels
     # storescp +xa accepts the compressed syntaxes: the files go as they are
     with storescp(tmp_path, "+xa", aet="ALLSCP") as scp:
-        peer = _run(["push", str(compressed), "--to-pacs", f"127.0.0.1:{scp.port}:ALLSCP", "--json"])
+        peer = _run(
+            ["push", str(compressed), "--to-pacs", f"127.0.0.1:{scp.port}:ALLSCP", "--json"]
+        )
     assert peer.proc.returncode == 0, peer.stderr
     assert {e["mode"] for e in peer.events if e["event"] == "pacs-instance"} == {"as-is"}
     for src in _dicom_files(compressed):
         assert dataset_bytes(scp.out / f"CT.{_sop(src)}") == dataset_bytes(src)
 
 
-def test_push_without_a_permissive_decoder_fails_that_instance(
-    study: Path, tmp_path: Path
-) -> None:
+def test_push_without_a_permissive_decoder_fails_that_instance(study: Path, tmp_path: Path) -> None:
     src = _dicom_files(study)[0]
     jpeg = tmp_path / "in" / "lossless.dcm"
     jpeg.parent.mkdir()
@@ -256,7 +261,7 @@ def test_push_more_than_128_contexts_uses_several_associations(tmp_path: Path) -
         ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.8.498.1.{i}"
         ds.PatientID = "P1"
         ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = sop_class
+        ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.save_as(src / f"{i:03d}.dcm", enforce_file_format=True)
@@ -285,7 +290,7 @@ def test_push_to_orthanc_same_instances_and_bytes(study: Path, tmp_path: Path) -
 def test_modality_to_scanbeam_to_scanbeam_to_orthanc(
     server: Server, listener: tuple[Peer, int, Path], study: Path, tmp_path: Path
 ) -> None:
-    lpeer, port, incoming = listener
+    lpeer, port, _incoming = listener
     _storescu(port, study)
     ev = lpeer.next_event("association")
     study_dir = Path(ev["studies"][0]["dir"])
