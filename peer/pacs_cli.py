@@ -144,6 +144,16 @@ def _run_listen(args: argparse.Namespace, out: Out) -> int:
                 f"Listening for DICOM C-STORE on {fields['host']}:{fields['port']} as AE "
                 f"{fields['aet']}; studies go to {fields['dir']}. Ctrl-C to stop."
             )
+        elif name == "rejected":
+            why = (
+                f"it called {fields['called_aet']!r}, we are {args.aet.strip()!r}"
+                if fields["called_aet"] != args.aet.strip()
+                else "too many associations or an unsupported request"
+            )
+            out.line(
+                f"Rejected an association from {fields['calling_aet'] or '?'} at "
+                f"{fields['address']}: {why}."
+            )
         elif name == "association":
             failed = f", {fields['failed']} FAILED" if fields["failed"] else ""
             conflicts = (
@@ -151,10 +161,15 @@ def _run_listen(args: argparse.Namespace, out: Out) -> int:
                 if fields["conflicts"]
                 else ""
             )
+            what = (
+                f"{fields['instances']} instances ({human_bytes(fields['bytes'])}){failed}"
+                f"{conflicts}"
+                if fields["instances"] or fields["failed"]
+                else "no instances (verification only)"
+            )
             out.line(
                 f"{fields['calling_aet'] or '?'} at {fields['address']} {fields['end']}: "
-                f"{fields['instances']} instances ({human_bytes(fields['bytes'])}){failed}"
-                f"{conflicts} in {fields['seconds']:.1f} s."
+                f"{what} in {fields['seconds']:.1f} s."
             )
             for st in fields["studies"]:
                 out.line(

@@ -247,6 +247,21 @@ class _Listener:
                 st.studies[placed.study_dir] = st.studies.get(placed.study_dir, 0) + 1
         return status
 
+    def on_rejected(self, event: Any) -> None:
+        req = event.assoc.requestor
+        prim = getattr(req, "primitive", None)
+        called = clean_text(str(getattr(prim, "called_ae_title", "") or "").strip(), 16)
+        with self._lock:
+            self._assocs.pop(id(event.assoc), None)
+        self.emit(
+            "rejected",
+            {
+                "calling_aet": clean_text(str(req.ae_title or "").strip(), 16),
+                "called_aet": called,
+                "address": f"{req.address}:{req.port}",
+            },
+        )
+
     def on_end(self, event: Any, how: str) -> None:
         key = id(event.assoc)
         with self._lock:
@@ -349,6 +364,7 @@ def serve(config: ListenConfig, on_event: OnEvent, stop: threading.Event) -> Non
     listener = _Listener(config, on_event)
     handlers: list[Any] = [
         (evt.EVT_ACCEPTED, listener.on_accepted),
+        (evt.EVT_REJECTED, listener.on_rejected),
         (evt.EVT_C_STORE, listener.on_store),
         (evt.EVT_RELEASED, lambda e: listener.on_end(e, "released")),
         (evt.EVT_ABORTED, lambda e: listener.on_end(e, "aborted")),

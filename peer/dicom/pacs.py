@@ -42,7 +42,7 @@ from pydicom.uid import (
 )
 
 from peer.dicom.summary import clean_text
-from peer.errors import BeamError, ConnectionFailed, TransferTimeout
+from peer.errors import BeamError, ConnectionFailed, PacsError, TransferTimeout
 
 __all__ = [
     "DEFAULT_AET",
@@ -74,14 +74,6 @@ UNCOMPRESSED = frozenset(
 _AET_RE = re.compile(r"[A-Za-z0-9 _\-.]{1,16}")
 
 log = logging.getLogger("scanbeam.pacs")
-
-
-class PacsError(BeamError):
-    """The PACS refused or failed to store what we sent."""
-
-    code = "pacs"
-    exit_code = 10
-    default_message = "The PACS did not store every instance."
 
 
 # --------------------------------------------------------------------------- target

@@ -139,8 +139,10 @@ def test_storescu_to_listen_groups_the_study_bit_exact(
     # C-ECHO: ours answers, a wrong called AE title is rejected
     echo = [need("echoscu"), "-aet", "MODALITY", "127.0.0.1", str(port)]
     assert subprocess.run([*echo, "-aec", "SCANBEAM"], capture_output=True).returncode == 0
-    assert subprocess.run([*echo, "-aec", "OTHER"], capture_output=True).returncode != 0
     assert peer.next_event("association")["instances"] == 0
+    assert subprocess.run([*echo, "-aec", "OTHER"], capture_output=True).returncode != 0
+    rejected = peer.next_event("rejected")
+    assert rejected["calling_aet"] == "MODALITY" and rejected["called_aet"] == "OTHER"
     # Ctrl-C: a clean stop
     peer.proc.send_signal(signal.SIGINT)
     assert peer.finish(30) == 0
