@@ -109,9 +109,8 @@ def _push(study: Path, port: int, rss: Path) -> float:
 
 
 def _storescu(study: Path, port: int, aec: str) -> list[str]:
-    return ["storescu", "-aec", aec, "+sd", "+r", "+sp", "*.dcm", "127.0.0.1", str(port)] + [
-        str(study)
-    ]
+    scan = ["+sd", "+r", "+sp", "*.dcm"]
+    return ["storescu", "-aec", aec, *scan, "127.0.0.1", str(port), str(study)]
 
 
 def _hwm_kib(pid: int) -> int:
