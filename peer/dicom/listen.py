@@ -356,7 +356,7 @@ def serve(config: ListenConfig, on_event: OnEvent, stop: threading.Event) -> Non
     ae.acse_timeout = config.timeout
     ae.dimse_timeout = config.timeout
     ae.network_timeout = config.timeout
-    ae.maximum_pdu_size = 1 << 18  # bounded PDUs: a peer cannot make us buffer gigabytes
+    ae.maximum_pdu_size = 1 << 18  # advertised only: pynetdicom does not enforce it on receipt
     syntaxes = preferred_syntaxes(ALL_TRANSFER_SYNTAXES)
     for cx in AllStoragePresentationContexts:
         ae.add_supported_context(str(cx.abstract_syntax), syntaxes)
