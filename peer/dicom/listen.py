@@ -47,7 +47,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from peer.dicom.pacs import validate_aet
+from peer.dicom.pacs import nodelay, validate_aet
 from peer.dicom.summary import clean_text
 from peer.errors import BeamError
 
@@ -363,6 +363,7 @@ def serve(config: ListenConfig, on_event: OnEvent, stop: threading.Event) -> Non
     ae.add_supported_context(Verification)
     listener = _Listener(config, on_event)
     handlers: list[Any] = [
+        (evt.EVT_CONN_OPEN, nodelay),
         (evt.EVT_ACCEPTED, listener.on_accepted),
         (evt.EVT_REJECTED, listener.on_rejected),
         (evt.EVT_C_STORE, listener.on_store),

@@ -20,6 +20,7 @@ The context plan (`plan_contexts`) and the target parser (`parse_target`) are pu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -56,6 +57,7 @@ __all__ = [
     "PushResult",
     "collect",
     "echo",
+    "nodelay",
     "parse_target",
     "plan_contexts",
     "push",
@@ -373,6 +375,13 @@ def _why_no_connection(target: PacsTarget, timeout: float) -> str:
         return f"Cannot connect to the PACS at {where}: {exc.strerror or exc}."
 
 
+def nodelay(event: Any) -> None:
+    """EVT_CONN_OPEN handler: TCP_NODELAY on the association's socket (pynetdicom leaves
+    Nagle on; small PDUs then wait for delayed ACKs)."""
+    with contextlib.suppress(AttributeError, OSError):
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def _make_ae(calling_aet: str, timeout: float) -> Any:
     from pynetdicom import AE
 
@@ -390,8 +399,9 @@ def _associate(ae: Any, target: PacsTarget, timeout: float, offered: int) -> Any
 
     opened = threading.Event()
 
-    def on_open(_event: Any) -> None:
+    def on_open(event: Any) -> None:
         opened.set()
+        nodelay(event)
 
     assoc = ae.associate(
         target.host,
