@@ -10,14 +10,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import socket
 import subprocess
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -368,3 +370,75 @@ def test_peer_that_never_answers_times_out(study: Path) -> None:
         silent.close()
     assert peer.proc.returncode == 4
     _one_line_error(peer, f"The PACS at 127.0.0.1:{port} (ANY-SCP) did not complete")
+
+
+@contextlib.contextmanager
+def _pynetdicom_scp(on_store: Callable[[Any], int], syntaxes: list[str]) -> Iterator[int]:
+    """A real pynetdicom storage SCP in the test process (only ``syntaxes`` accepted)."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    ae = AE(ae_title="PYSCP")
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(str(cx.abstract_syntax), syntaxes)
+    server = ae.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    assert server is not None
+    try:
+        yield int(server.server_address[1])
+    finally:
+        ae.shutdown()
+
+
+def test_push_reports_warning_and_failure_statuses(compressed: Path) -> None:
+    """The SCP accepts Explicit VR Little Endian only, answers 0xB000 (coercion) to the first
+    instance, 0xA700 (out of resources) with a comment to the second, success otherwise."""
+    seen: list[tuple[str, str]] = []
+
+    def on_store(event: Any) -> Any:
+        ds = event.dataset
+        seen.append((str(ds.SOPInstanceUID), str(event.context.transfer_syntax)))
+        if len(seen) == 1:
+            return 0xB000
+        if len(seen) == 2:
+            status = Dataset()
+            status.Status = 0xA700
+            status.ErrorComment = "disk\nfull"
+            return status
+        return 0x0000
+
+    files = _dicom_files(compressed)
+    with _pynetdicom_scp(on_store, [ExplicitVRLittleEndian]) as port:
+        peer = _run(["push", str(compressed), "--to-pacs", f"127.0.0.1:{port}:PYSCP", "--json"])
+    assert peer.proc.returncode == 10
+    results = [e for e in peer.events if e["event"] == "pacs-instance"]
+    assert [r["outcome"] for r in results[:3]] == ["warning", "failed", "stored"]
+    assert results[0]["status"] == "0xB000" and "Coercion" in results[0]["detail"]
+    assert results[1]["status"] == "0xA700" and results[1]["detail"].endswith("disk full")
+    assert {r["mode"] for r in results} == {"decompressed"}
+    assert {ts for _, ts in seen} == {ExplicitVRLittleEndian}
+    assert sorted(uid for uid, _ in seen) == sorted(_sop(p) for p in files)  # same UIDs
+    done = peer.event("pacs-done")
+    assert (done["stored"], done["warnings"], done["failed"]) == (len(files) - 2, 1, 1)
+    assert peer.event("error")["code"] == "pacs"
+
+
+def test_push_when_the_pacs_stops_answering(study: Path) -> None:
+    release = threading.Event()
+
+    def on_store(event: Any) -> int:
+        release.wait(timeout(20))  # never answers within --pacs-timeout
+        return 0x0000
+
+    with _pynetdicom_scp(on_store, [ExplicitVRLittleEndian]) as port:
+        try:
+            target = f"127.0.0.1:{port}:PYSCP"
+            peer = _run(["push", str(study), "--to-pacs", target, "--pacs-timeout", "1", "--json"])
+        finally:
+            release.set()
+    assert peer.proc.returncode == 10
+    results = [e for e in peer.events if e["event"] == "pacs-instance"]
+    assert results[0]["outcome"] == "failed"
+    assert results[0]["detail"] == "no answer from the PACS (timeout or connection lost)"
+    assert {r["detail"] for r in results[1:]} == {"association lost"}
+    assert len(results) == len(_dicom_files(study))
