@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck coverage unit bench clean deps-dicom
+.PHONY: setup demo test lint typecheck coverage unit bench clean deps-dicom deps-pacs
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 python3-venv; }
@@ -37,7 +37,14 @@ coverage: setup
 	$(BIN)/python -m pytest tests/proto -q --cov=peer/proto --cov-branch \
 		--cov-report=term-missing:skip-covered --cov-fail-under=100
 
-unit: setup deps-dicom
+# PACS bridge tests: dcmtk (storescu, storescp, echoscu, dcmcjpls, dcmcrle) and Orthanc.
+deps-pacs:
+	@command -v storescu >/dev/null && command -v Orthanc >/dev/null || { \
+		apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+			--no-install-recommends dcmtk orthanc; }
+
+unit: setup deps-dicom deps-pacs
 	$(BIN)/python -m pytest
 
 test: lint typecheck coverage unit

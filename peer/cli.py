@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from peer import session
+from peer import pacs_cli, session
 from peer.dicom.deid import cli as deid_cli
 from peer.errors import BeamError, CancelledByUser, DeclinedError
 from peer.settings import DEFAULT_SERVER, Settings
@@ -138,6 +138,8 @@ def _build_parser() -> argparse.ArgumentParser:
         help="password of a protected relay link (else asked for)",
     )
     net(rc)
+    pacs_cli.add_receive_options(rc)
+    pacs_cli.add_parsers(sub)
 
     tu = sub.add_parser("tui", help="open the terminal app (also: plain scanbeam in a terminal)")
     tu.add_argument("--start", type=Path, default=None, help="folder the file picker opens in")
@@ -462,9 +464,14 @@ def _run_receive(args: argparse.Namespace, settings: Settings, out: _Out) -> int
 
     drop = relay_session.parse_drop_link(text)
     target = None if drop is not None else session.parse_target(text, settings.server)
+    pacs = pacs_cli.target_of(args)
+    if pacs is not None:
+        pacs_cli.check_target(pacs, args)  # a wrong address fails before the transfer
+    offered: list[session.Offer] = []
 
     def on_event(ev: session.Event) -> None:
         if isinstance(ev, session.Offer):
+            offered.append(ev)
             _print_offer(out, ev)
         elif isinstance(ev, session.Done):
             out.event(
@@ -510,13 +517,15 @@ def _run_receive(args: argparse.Namespace, settings: Settings, out: _Out) -> int
             return await relay_session.prompt_password(args.password_file, confirm=False)
 
         _run(relay_session.download(settings, drop, args.output, on_event, decide, password))
-        return 0
-    assert target is not None
+    else:
+        assert target is not None
 
-    async def ask_password() -> str:
-        return await relay_session.prompt_password(args.password_file, confirm=False)
+        async def ask_password() -> str:
+            return await relay_session.prompt_password(args.password_file, confirm=False)
 
-    _run(session.receive(settings, target, args.output, on_event, decide, ask_password))
+        _run(session.receive(settings, target, args.output, on_event, decide, ask_password))
+    if pacs is not None and offered:
+        return pacs_cli.push_received(out, args, pacs, offered[-1].dest, offered[-1].paths)
     return 0
 
 
@@ -594,7 +603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if not args.verbose:
-        for noisy in ("aioice", "aiortc", "websockets", "asyncio"):
+        for noisy in ("aioice", "aiortc", "websockets", "asyncio", "pynetdicom"):
             logging.getLogger(noisy).setLevel(logging.CRITICAL)
         # the signaling library logger is pinned at INFO (never DEBUG: frames hold bodies)
         logging.getLogger("scanbeam.signaling.websockets").setLevel(logging.WARNING)
@@ -609,6 +618,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_drops(args, Settings.load(env, {}), out)
         if args.command == "deidentify":
             return deid_cli.run_deidentify(args, Settings.load(env, {}), out)
+        if args.command in ("listen", "push"):
+            return pacs_cli.run(args, out)
         settings = _settings(args, env)
         if args.command == "tui":
             return _run_tui(args, settings)

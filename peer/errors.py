@@ -22,6 +22,7 @@
     ├── DeclinedError                 declined         6
     ├── CancelledByUser               cancelled        6
     ├── RemoteError                   remote           9   (the peer reported a failure)
+    ├── PacsError                     pacs            10   (the PACS rejected us or instances)
     └── LocalFileError                local-file       7
         ├── SourceError               source           7
         ├── DestinationExists         exists           7
@@ -44,6 +45,7 @@ __all__ = [
     "LocalProtocolError",
     "NoPathError",
     "NoReceiver",
+    "PacsError",
     "PairingError",
     "PeerGone",
     "RemoteError",
@@ -174,6 +176,14 @@ class RemoteError(BeamError):
     code = "remote"
     exit_code = 9
     default_message = "The other side reported an error and stopped."
+
+
+class PacsError(BeamError):
+    """The PACS rejected the association or did not store every instance (PACS bridge)."""
+
+    code = "pacs"
+    exit_code = 10
+    default_message = "The PACS did not store every instance."
 
 
 class LocalFileError(BeamError):
