@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck coverage unit bench clean
+.PHONY: setup demo test lint typecheck coverage unit bench clean deps-browser
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 python3-venv; }
@@ -31,7 +31,7 @@ coverage: setup
 	$(BIN)/python -m pytest tests/proto -q --cov=peer/proto --cov-branch \
 		--cov-report=term-missing:skip-covered --cov-fail-under=100
 
-unit: setup
+unit: setup deps-browser
 	$(BIN)/python -m pytest
 
 test: lint typecheck coverage unit
@@ -39,6 +39,17 @@ test: lint typecheck coverage unit
 bench: setup
 	$(BIN)/python bench/transfer.py
 	$(BIN)/python bench/relay.py
+
+# The browser receive page (README "Receiving in a browser"): Debian's chromium for the
+# Playwright tests, node + npm, the page's npm packages (package-lock.json) and its build.
+WEB := signaling/web
+deps-browser: $(WEB)/dist/.built
+
+$(WEB)/dist/.built: $(WEB)/package.json $(WEB)/package-lock.json $(WEB)/build.mjs $(wildcard $(WEB)/src/*)
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+	@command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error && npm run build
+	touch $@
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
