@@ -2,7 +2,7 @@
 // (relay drop). The fragment secret is read here and never sent anywhere: browsers do not
 // send fragments in requests, the page sends only ciphertext and derived auth keys.
 import * as P from './proto.js';
-import { Spool, offerStream, saveViaServiceWorker, prepareServiceWorker, canStreamDownload, canPickFolder, pickFolder, saveToFolder } from './save.js';
+import { Spool, offerStream, saveViaServiceWorker, prepareServiceWorker, canStreamDownload, canPickFolder, pickFolder, planFolder, saveToFolder } from './save.js';
 
 const $ = (id) => document.getElementById(id);
 const WINDOW = 64; // receive window in chunks (≈ 4 MiB direct)
@@ -235,11 +235,16 @@ function zipName(manifest) {
 }
 
 /** Starts saving; returns {done: Promise, where: text}. Runs inside the click handler. */
-async function startSaving(mode, manifest, spool) {
+async function startSaving(mode, manifest, spool, { canResume = true } = {}) {
   if (mode === 'folder') {
     const root = await pickFolder();
     if (!root) return null;
-    return { done: saveToFolder(root, manifest, spool), where: `Saved into the folder “${root.name}”.` };
+    const plan = await planFolder(root, manifest, { fresh: !canResume, hasher: () => new P.Sha256() });
+    return {
+      done: saveToFolder(root, manifest, spool, plan),
+      where: `Saved into the folder “${root.name}”.`,
+      plan,
+    };
   }
   const out = offerStream(manifest, spool, zipName(manifest));
   await prepareServiceWorker();
@@ -407,9 +412,13 @@ async function receiveDirect(fragment) {
   function onClose() {
     if (finished || document.body.dataset.state === 'done') return;
     if (rx && rx.state === 'done') return;
-    fail(new P.BeamError('peer-gone', 'channel closed', rx && rx.state === 'receiving'
-      ? 'The connection to the sender was lost. The sender can run the same command again; a new download starts from the beginning (the browser cannot add to a download that stopped).'
-      : 'The sender left before the transfer finished.'));
+    let text = 'The sender left before the transfer finished.';
+    if (rx && rx.state === 'receiving') {
+      text = saving && saving.plan
+        ? 'The connection to the sender was lost. What was verified is kept in the folder: when the sender runs the same command again, open the new link and pick the same folder to resume.'
+        : 'The connection to the sender was lost. When the sender runs the same command again, open the new link: the download starts from the beginning (a browser download cannot be continued; “Save into a folder” can).';
+    }
+    fail(new P.BeamError('peer-gone', 'channel closed', text));
   }
 
   let saving = null;
@@ -481,7 +490,13 @@ async function receiveDirect(fragment) {
     }
     saving.done.catch(fail);
     progress = startReceivingView(rx.manifest.totalBytes);
-    rx.accept();
+    if (saving.plan) {
+      progress.add(saving.plan.held);
+      if (saving.plan.held) $('progress-note').textContent = `Resumed: ${humanBytes(saving.plan.held)} were already in the folder and verified again.`;
+      rx.accept(saving.plan.resume, saving.plan.hashes);
+    } else {
+      rx.accept();
+    }
     flush();
     if (!rx.manifest.files.length) for (const e of rx.events()) handle(e);
   }
@@ -608,7 +623,7 @@ async function receiveRelay(id, secretText, note = '') {
     consumed += n;
     if (wake) wake();
   });
-  const saving = await startSaving(mode, manifest, spool);
+  const saving = await startSaving(mode, manifest, spool, { canResume: false });
   if (!saving) {
     $('accept').disabled = false;
     return receiveRelay(id, secretText, note);

@@ -366,7 +366,7 @@ export function decodeManifest(data, { maxFiles = 200000, maxJson = 64 * 1024 * 
     if (!isInt(size) || typeof mtimeNs !== 'number') throw new BeamError('protocol', 'manifest number malformed');
     if (size < 0 || size > MAX_FILE_SIZE) throw new BeamError('unsafe-manifest', 'size', 'Refused the offer: a file size is impossible.');
     if (typeof prefix !== 'string' || !/^[0-9a-fA-F]{32}$/.test(prefix)) throw new BeamError('protocol', 'manifest nonce prefix malformed');
-    return { path, size, mtimeMs: Math.floor(mtimeNs / 1e6), prefix: unhex(prefix.toLowerCase()) };
+    return { path, size, mtimeNs, mtimeMs: Math.floor(mtimeNs / 1e6), prefix: unhex(prefix.toLowerCase()) };
   });
   checkCollisions(files.map((f) => f.path));
   const summary = doc.summary && typeof doc.summary === 'object' && !Array.isArray(doc.summary) ? cleanSummary(doc.summary) : {};

@@ -35,6 +35,14 @@ export class Spool {
     this._notify();
   }
 
+  /** Resolves once file ``fileIx`` was verified (for files already held in full). */
+  async waitVerified(fileIx) {
+    while (!this.verified.has(fileIx)) {
+      if (this.error) throw this.error;
+      await this._wait();
+    }
+  }
+
   _notify() {
     const w = this._wake;
     this._wake = null;
@@ -199,26 +207,115 @@ export async function pickFolder() {
   }
 }
 
-async function fileHandle(root, path, create) {
-  const parts = path.split('/');
+const STAGING = '.scanbeam-partial';
+
+async function dirOf(root, path, create) {
   let dir = root;
-  for (const part of parts.slice(0, -1)) dir = await dir.getDirectoryHandle(part, { create });
-  return dir.getFileHandle(parts[parts.length - 1], { create });
+  for (const part of path.split('/').slice(0, -1)) dir = await dir.getDirectoryHandle(part, { create });
+  return dir;
+}
+
+async function exists(dir, name) {
+  try {
+    return await dir.getFileHandle(name);
+  } catch {
+    return null;
+  }
+}
+
+/** Staging key of an offer: the same files (paths, sizes, mtimes, chunk size) resume. */
+async function stagingKey(manifest) {
+  const doc = JSON.stringify([manifest.chunkSize, manifest.files.map((f) => [f.path, f.size, f.mtimeNs])]);
+  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(doc)));
+  return Array.from(digest.slice(0, 16), (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
 /**
- * Write every file into ``root`` (keeping the offer's folders) as its chunks arrive. Files
- * are written under a ".partial" name and renamed when verified where the browser can.
+ * Look in ``root`` for what an earlier, interrupted receive of the same offer left in
+ * ``.scanbeam-partial/<key>/f<i>`` (docs/protocol.md §5.3, the page's variant): every whole
+ * chunk written there was authenticated before it was written. Returns the ACCEPT resume
+ * points, SHA-256 states over the held bytes, and the staging folder.
  */
-export async function saveToFolder(root, manifest, spool) {
+export async function planFolder(root, manifest, { fresh = false, hasher }) {
+  const cs = manifest.chunkSize;
+  const staging = await (await root.getDirectoryHandle(STAGING, { create: true })).getDirectoryHandle(await stagingKey(manifest), { create: true });
+  const resume = [];
+  const hashes = [];
+  let held = 0;
   for (let i = 0; i < manifest.files.length; i++) {
     const f = manifest.files[i];
-    const handle = await fileHandle(root, f.path, true);
-    const writable = await handle.createWritable({ keepExistingData: false });
-    try {
-      await spool.fileStream(i).pipeTo(writable);
-    } catch (err) {
-      throw err && err.code ? err : new BeamError('local-file', String(err), 'The browser could not write the files into the chosen folder.');
+    const n = Math.max(1, Math.ceil(f.size / cs));
+    const h = hasher();
+    let k = 0;
+    const handle = fresh ? null : await exists(staging, `f${i}`);
+    if (handle) {
+      const file = await handle.getFile();
+      k = file.size >= f.size ? n : Math.floor(file.size / cs);
+      if (file.size > f.size) k = 0;
+      const bytes = Math.min(k * cs, f.size);
+      if (bytes) {
+        const reader = file.slice(0, bytes).stream().getReader();
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          h.update(value);
+        }
+      }
+      held += bytes;
     }
+    resume.push(k);
+    hashes.push(h);
+  }
+  return { resume, hashes, held, staging };
+}
+
+/**
+ * Write every file into ``root`` (keeping the offer's folders) as its chunks arrive: into
+ * the staging folder first, moved to its real name once its SHA-256 matched. On failure the
+ * written part is kept (committed), so opening the sender's next link resumes from it.
+ */
+export async function saveToFolder(root, manifest, spool, plan) {
+  const cs = manifest.chunkSize;
+  for (let i = 0; i < manifest.files.length; i++) {
+    const f = manifest.files[i];
+    const n = Math.max(1, Math.ceil(f.size / cs));
+    const staged = await plan.staging.getFileHandle(`f${i}`, { create: true });
+    if (plan.resume[i] < n) {
+      const writable = await staged.createWritable({ keepExistingData: true });
+      const start = plan.resume[i] * cs;
+      await writable.truncate(start);
+      await writable.seek(start);
+      const reader = spool.fileStream(i).getReader();
+      try {
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          await writable.write(value);
+        }
+      } catch (err) {
+        await writable.close().catch(() => {}); // keep the authenticated chunks for a resume
+        throw err && err.code ? err : new BeamError('local-file', String(err), 'The browser could not write the files into the chosen folder.');
+      }
+      await writable.close();
+    } else {
+      await spool.waitVerified(i);
+    }
+    const dir = await dirOf(root, f.path, true);
+    const name = baseName(f.path);
+    if (await exists(dir, name)) await dir.removeEntry(name);
+    if (typeof staged.move === 'function') {
+      await staged.move(dir, name);
+    } else {
+      const target = await (await dir.getFileHandle(name, { create: true })).createWritable();
+      await (await staged.getFile()).stream().pipeTo(target);
+      await plan.staging.removeEntry(`f${i}`);
+    }
+  }
+  const parent = await root.getDirectoryHandle(STAGING);
+  await parent.removeEntry(plan.staging.name, { recursive: true });
+  try {
+    await root.removeEntry(STAGING); // only if empty
+  } catch {
+    // other interrupted offers are still staged there
   }
 }
