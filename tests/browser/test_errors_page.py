@@ -130,3 +130,15 @@ def test_strict_headers(page_server: Server, built_page: Path) -> None:
             html = body.decode()
             assert html.count("<script") == html.count('<script type="module" src="/app/')
             assert "<style" not in html and " style=" not in html and "onclick" not in html
+
+
+def test_decline_tells_the_sender(page_server: Server, phone: Any, tmp_path: Path) -> None:
+    sender, _code = start_send(page_server, [_src(tmp_path, 100_000)])
+    phone.goto(sender.events[0]["url"])
+    wait_state(phone, "offer")
+    phone.click("#decline")
+    wait_state(phone, "error")
+    shot(phone, "errors", "declined")
+    assert "declined" in (phone.text_content("#error-text") or "")
+    assert sender.finish() == 6  # exit code of "declined"
+    assert sender.event("error")["code"] == "declined"

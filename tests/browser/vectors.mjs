@@ -120,6 +120,22 @@ for (const badPath of ['../x', '/abs', 'a//b', 'a\\b', 'c:x', 'CON', 'aux.txt', 
   throws(`path refused ${JSON.stringify(badPath)}`, () => P.checkPath(badPath), 'unsafe-manifest');
 }
 
+// series previews (INTERFACES.md 1): bad entries are dropped, never fatal
+const png = P.b64(P.concat(new Uint8Array([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), new Uint8Array(100)));
+const good = { series: '1.2.3', mime: 'image/png', data: png, w: 64, h: 48 };
+const previews = P.cleanPreviews([
+  good,
+  { ...good, mime: 'image/svg+xml' },
+  { ...good, data: P.b64(new Uint8Array(200)) }, // not a PNG
+  { ...good, w: 257 },
+  { ...good, data: P.b64(P.concat(P.unb64(png), new Uint8Array(65536))) }, // > 64 KiB
+  { ...good, data: 'not base64!' },
+  null,
+]);
+check('previews kept', JSON.stringify(previews.map((p) => p.series)), '["1.2.3"]');
+check('previews capped', P.cleanPreviews(Array(80).fill(good)).length, 64);
+check('previews not a list', P.cleanPreviews({}).length, 0);
+
 // extra cases made by the pytest with the Python code (a whole transfer and envelopes);
 // what the JS side produced is printed for the pytest to open with the Python code
 if (extra) {
