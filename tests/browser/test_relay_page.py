@@ -4,7 +4,9 @@ used-up link shows the right message."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import urllib.error
 import urllib.request
 import zipfile
@@ -63,8 +65,6 @@ def test_relay_link_with_password(page_server: Server, phone: Any, tmp_path: Pat
     want = sha_tree(study)
     with zipfile.ZipFile(saved) as zf:
         assert zf.testzip() is None
-        import hashlib
-
         got = {
             i.filename.removeprefix("STUDY/"): hashlib.sha256(zf.read(i)).hexdigest()
             for i in zf.infolist()
@@ -81,3 +81,40 @@ def test_relay_link_with_password(page_server: Server, phone: Any, tmp_path: Pat
     shot(page, "relay-password", "5-used-up")
     assert "already used" in page.text_content("#error-text")
     assert page.evaluate("document.body.dataset.error") == "used-up"
+
+
+def test_relay_download_resumes_with_range_after_a_cut(
+    page_server: Server, phone: Any, tmp_path: Path
+) -> None:
+    src = tmp_path / "volume.raw"
+    src.write_bytes(os.urandom(6 * 1024 * 1024 + 777))
+    sender = spawn(["send", str(src), "--server", page_server.url, "--json", "--relay"])
+    assert sender.finish() == 0, sender.stderr
+    link = sender.event("link")["url"]
+    ranges: list[str] = []
+    cut = {"done": False}
+
+    def cut_once(route: Any) -> None:
+        rng = route.request.headers.get("range", "")
+        ranges.append(rng)
+        start, _, end = rng.removeprefix("bytes=").partition("-")
+        if not cut["done"] and end and int(end) - int(start) > 2_000_000:
+            cut["done"] = True  # the first big range: deliver 2.5 MB of it, then end
+            resp = route.fetch()
+            body = resp.body()[:2_500_000]
+            headers = {k: v for k, v in resp.headers.items() if k.lower() != "content-length"}
+            route.fulfill(status=206, headers=headers, body=body)
+        else:
+            route.continue_()
+
+    phone.route("**/v1/drops/*/blob", cut_once)
+    phone.goto(link)
+    wait_state(phone, "offer")
+    with phone.expect_download() as info:
+        phone.click("#accept")
+    wait_state(phone, "done", 120)
+    assert cut["done"], ranges
+    starts = [int(r.removeprefix("bytes=").split("-")[0]) for r in ranges if "=-" not in r]
+    assert any(s > 2_000_000 for s in starts), ranges  # a second request resumed mid-blob
+    saved = Path(info.value.path())
+    assert hashlib.sha256(saved.read_bytes()).digest() == hashlib.sha256(src.read_bytes()).digest()
