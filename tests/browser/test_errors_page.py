@@ -142,3 +142,28 @@ def test_decline_tells_the_sender(page_server: Server, phone: Any, tmp_path: Pat
     assert "declined" in (phone.text_content("#error-text") or "")
     assert sender.finish() == 6  # exit code of "declined"
     assert sender.event("error")["code"] == "declined"
+
+
+def test_browser_that_cannot_stream_a_download(
+    page_server: Server, browser: Any, tmp_path: Path
+) -> None:
+    """No service worker (blocked here, as in some private modes): a plain message, and the
+    sender is told (no half-saved file anywhere)."""
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, service_workers="block", accept_downloads=True
+    )
+    try:
+        page = context.new_page()
+        page.scanbeam_console = []
+        sender, _code = start_send(page_server, [_src(tmp_path, 100_000)])
+        page.goto(sender.events[0]["url"])
+        wait_state(page, "offer")
+        page.click("#accept")
+        wait_state(page, "error")
+        shot(page, "errors", "no-save")
+        assert page.evaluate("document.body.dataset.error") == "no-save"
+        assert "cannot save large files" in (page.text_content("#error-text") or "")
+        assert sender.finish() == 9  # the page's ERROR record: "the other side stopped"
+        assert "The other side stopped" in sender.event("error")["message"]
+    finally:
+        context.close()

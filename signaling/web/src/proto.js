@@ -42,6 +42,16 @@ export const MESSAGES = {
   remote: 'The sender stopped the transfer.',
 };
 
+// codes the peer understands (docs/protocol.md §6); page-only codes map onto them
+const WIRE_CODES = new Set(['internal', 'pairing', 'wrong-code', 'unknown-code', 'connection', 'unreachable',
+  'peer-gone', 'no-path', 'timeout', 'integrity', 'declined', 'cancelled', 'local-file', 'source', 'exists',
+  'disk-full', 'protocol', 'unsafe-manifest', 'version']);
+const PAGE_CODES = { 'no-save': 'local-file', 'wrong-key': 'integrity' };
+
+export function wireCode(code) {
+  return WIRE_CODES.has(code) ? code : PAGE_CODES[code] || 'internal';
+}
+
 // ---------------------------------------------------------------- bytes
 
 export const hex = (b) => sodium.to_hex(b);
@@ -693,7 +703,7 @@ export class Receiver {
   }
 
   _fail(exc, notify = true) {
-    if (notify) this._control(T.ERROR, enc.encode(JSON.stringify({ code: exc.code })));
+    if (notify) this._control(T.ERROR, enc.encode(JSON.stringify({ code: wireCode(exc.code) })));
     this.state = 'failed';
     this.error = exc;
     this._events.push({ type: 'failed', error: exc });

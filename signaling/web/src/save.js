@@ -134,7 +134,9 @@ export function canStreamDownload() {
 export async function prepareServiceWorker() {
   if (!canStreamDownload()) return null;
   if (!swRegistration) {
-    swRegistration = navigator.serviceWorker.register('/sw.js', { scope: '/' }).then(() => navigator.serviceWorker.ready);
+    const ready = navigator.serviceWorker.register('/sw.js', { scope: '/' }).then(() => navigator.serviceWorker.ready);
+    const timeout = new Promise((resolve) => setTimeout(() => resolve(null), 10000));
+    swRegistration = Promise.race([ready, timeout]).catch(() => null);
   }
   return swRegistration;
 }
