@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck coverage unit bench clean deps-dicom deps-pacs
+.PHONY: setup demo test lint typecheck coverage unit bench clean deps-dicom deps-pacs deps-browser
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 python3-venv; }
@@ -44,7 +44,7 @@ deps-pacs:
 		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
 			--no-install-recommends dcmtk orthanc; }
 
-unit: setup deps-dicom deps-pacs
+unit: setup deps-dicom deps-pacs deps-browser
 	$(BIN)/python -m pytest
 
 test: lint typecheck coverage unit
@@ -53,6 +53,17 @@ bench: setup
 	$(BIN)/python bench/transfer.py
 	$(BIN)/python bench/relay.py
 	$(BIN)/python bench/deid.py
+
+# The browser receive page (README "Receiving in a browser"): Debian's chromium for the
+# Playwright tests, node + npm, the page's npm packages (package-lock.json) and its build.
+WEB := signaling/web
+deps-browser: $(WEB)/dist/.built
+
+$(WEB)/dist/.built: $(WEB)/package.json $(WEB)/package-lock.json $(WEB)/build.mjs $(wildcard $(WEB)/src/*)
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+	@command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error && npm run build
+	touch $@
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

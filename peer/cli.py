@@ -544,6 +544,7 @@ def _run_serve(args: argparse.Namespace, env: dict[str, str]) -> int:
     from relay.settings import RelaySettings
     from signaling.server import start_server
     from signaling.settings import ServerSettings
+    from signaling.webpage import routes as web_routes
 
     settings = ServerSettings.load(
         env, {"host": args.host, "port": args.port, "data_dir": args.data}
@@ -552,7 +553,9 @@ def _run_serve(args: argparse.Namespace, env: dict[str, str]) -> int:
     relay_settings = RelaySettings.load(env, {"data_dir": data_dir})
 
     async def serve() -> None:
-        server = await start_server(settings, mounts=[relay_mount(relay_settings)])
+        server = await start_server(
+            settings, routes=web_routes(), mounts=[relay_mount(relay_settings)]
+        )
         print(
             f"ScanBeam server on http://{settings.host}:{server.port} "
             "(signaling at /v1/signal). Ctrl-C to stop.",
