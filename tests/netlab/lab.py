@@ -259,6 +259,11 @@ table inet filter {{
     ct state established,related accept
     iifname "lan0" oifname "wan0" accept
   }}
+  chain in {{
+    # like most NATs: unsolicited packets from outside vanish (no ICMP port unreachable)
+    type filter hook input priority filter; policy accept;
+    iifname "wan0" ct state new meta l4proto != icmp drop
+  }}
 }}
 """
         path = self.tmp / f"{router}.nft"

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             total = 0
             conn.settimeout(args.timeout)
-            sink = open(args.out, "wb") if args.out else None  # noqa: SIM115
+            sink = open(args.out, "wb") if args.out else None
             try:
                 while chunk := conn.recv(BLOCK):
                     total += len(chunk)
