@@ -195,6 +195,11 @@ class Lab:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
+        for proc in [*self._procs, *([self._emu] if self._emu else [])]:
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
         for name in self.ns.values():
             _kill_ns_processes(name)
             _run(["ip", "netns", "del", name], check=False)
