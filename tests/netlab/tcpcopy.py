@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bytes", type=int)
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("paths", nargs="*", type=Path)
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)
     if args.mode == "recv":
         with socket.create_server((args.host, args.port)) as srv:
             srv.settimeout(args.timeout)
