@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck coverage unit bench clean deps-dicom deps-pacs deps-browser
+.PHONY: setup demo test lint typecheck coverage unit bench clean deps-dicom deps-pacs deps-browser deps-net bench-wan
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 python3-venv; }
@@ -44,7 +44,7 @@ deps-pacs:
 		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
 			--no-install-recommends dcmtk orthanc; }
 
-unit: setup deps-dicom deps-pacs deps-browser
+unit: setup deps-dicom deps-pacs deps-browser deps-net
 	$(BIN)/python -m pytest
 
 test: lint typecheck coverage unit
@@ -67,3 +67,26 @@ $(WEB)/dist/.built: $(WEB)/package.json $(WEB)/package-lock.json $(WEB)/build.mj
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The test network (docs/netlab.md): namespaces, nftables NAT, coturn, the wanemu WAN emulator.
+WANEMU := tests/netlab/build/wanemu
+NET_TOOLS := nft:nftables turnserver:coturn ping:iputils-ping ss:iproute2 ip:iproute2 gcc:gcc
+$(WANEMU): tests/netlab/wanemu.c
+	@mkdir -p $(@D)
+	gcc -O2 -Wall -Wextra -Werror -o $@ $<
+
+deps-net: setup $(WANEMU)
+	@missing=""; for t in $(NET_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t##*:}"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
+	@for t in $(NET_TOOLS); do command -v $${t%%:*} >/dev/null || { echo "deps-net: $${t%%:*} missing after install" >&2; exit 1; }; done
+	@test -c /dev/net/tun || { echo "deps-net: /dev/net/tun missing (no TUN support)" >&2; exit 1; }
+
+# magic-wormhole, its mailbox server and transit relay: the reference in bench/wan.py (own venv)
+WH_VENV := .venv-wormhole
+$(WH_VENV)/.installed: bench/wormhole-requirements.txt
+	$(PYTHON) -m venv $(WH_VENV)
+	$(WH_VENV)/bin/pip install --quiet -r $<
+	touch $@
+
+bench-wan: deps-net $(WH_VENV)/.installed
+	$(BIN)/python bench/wan.py

@@ -61,6 +61,23 @@ def _build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     sv.add_argument("--port", type=int, default=None, help="port (default 8000; 0 = any free)")
     sv.add_argument("--data", type=Path, default=None, help="data folder (used by the relay)")
+    sv.add_argument(
+        "--stun-url", action="append", default=None, metavar="URL", help="STUN URL for clients"
+    )
+    sv.add_argument(
+        "--turn-url",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="TURN URL for clients, with per-room credentials (needs --turn-secret-file)",
+    )
+    sv.add_argument(
+        "--turn-secret-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="file with the secret shared with coturn (static-auth-secret)",
+    )
 
     def net(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
@@ -542,13 +559,25 @@ def _server_data(env: dict[str, str]) -> Path:
 def _run_serve(args: argparse.Namespace, env: dict[str, str]) -> int:
     from relay.app import mount as relay_mount
     from relay.settings import RelaySettings
-    from signaling.server import start_server
+    from signaling.server import ice_config, start_server
     from signaling.settings import ServerSettings
     from signaling.webpage import routes as web_routes
 
-    settings = ServerSettings.load(
-        env, {"host": args.host, "port": args.port, "data_dir": args.data}
-    )
+    try:
+        settings = ServerSettings.load(
+            env,
+            {
+                "host": args.host,
+                "port": args.port,
+                "data_dir": args.data,
+                "stun_url": args.stun_url,
+                "turn_url": args.turn_url,
+                "turn_secret_file": args.turn_secret_file,
+            },
+        )
+        ice_config(settings)  # fail before listening: unreadable secret, bad URL
+    except ValueError as exc:
+        raise BeamError(str(exc), user_message=f"Bad server setting: {exc}.") from None
     data_dir = args.data or _server_data(env)
     relay_settings = RelaySettings.load(env, {"data_dir": data_dir})
 

@@ -24,8 +24,9 @@ from aiortc import (
 )
 
 from peer.errors import NoPathError, PeerGone, RemoteProtocolError
+from signaling.ice import IceServer
 
-__all__ = ["Channel", "RtcLink", "ice_servers"]
+__all__ = ["Channel", "RtcLink", "handed_servers", "ice_servers"]
 
 log = logging.getLogger("scanbeam.rtc")
 LABEL = "scanbeam"
@@ -51,6 +52,14 @@ def ice_servers(
     return servers
 
 
+def handed_servers(servers: Sequence[IceServer]) -> list[Any]:
+    """aiortc ICE server objects for the servers the signaling server handed out."""
+    return [
+        RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
+        for s in servers
+    ]
+
+
 class RtcLink:
     """One peer connection. Create with :meth:`offer` (sender) or :meth:`answer` (receiver)."""
 
@@ -73,6 +82,7 @@ class RtcLink:
         self._open = asyncio.Event()
         self._dead = asyncio.Event()
         self._closed = False
+        self._via = "direct"
 
         @self.pc.on("connectionstatechange")
         def _on_state() -> None:
@@ -120,6 +130,7 @@ class RtcLink:
 
         @ch.on("open")
         def _on_open() -> None:
+            _ = self.via  # remember the selected pair
             self._open.set()
 
         if ch.readyState == "open":
@@ -147,18 +158,19 @@ class RtcLink:
 
     @property
     def via(self) -> str:
-        """ "turn" when the selected ICE pair uses a relay candidate, else "direct"."""
+        """ "turn" when the selected ICE pair uses a relay candidate (ours or the peer's),
+        else "direct". The last pair seen is kept, so this stays true after the link closed
+        (aioice forgets its pairs on close)."""
         sctp = self.pc.sctp
-        if sctp is None:
-            return "direct"
         try:
-            conn = sctp.transport.transport._connection
-            for pair in conn._nominated.values():
-                if "relay" in (pair.local_candidate.type, pair.remote_candidate.type):
-                    return "turn"
+            conn = sctp.transport.transport._connection  # type: ignore[union-attr]
+            pairs = list(conn._nominated.values())
         except AttributeError:
-            pass
-        return "direct"
+            pairs = []
+        if pairs:
+            relay = any("relay" in (p.local_candidate.type, p.remote_candidate.type) for p in pairs)
+            self._via = "turn" if relay else "direct"
+        return self._via
 
     def send(self, data: bytes) -> None:
         if self._dead.is_set() or self._channel is None:
@@ -222,6 +234,7 @@ class RtcLink:
         if self._closed:
             return
         self._closed = True
+        _ = self.via  # remember the selected pair before aioice forgets it
         with contextlib.suppress(Exception):
             await self.pc.close()
         self._mark_dead()

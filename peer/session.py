@@ -55,11 +55,12 @@ from peer.relay_session import (
     parse_drop_link,
     upload,
 )
-from peer.rtc import RtcLink, ice_servers
+from peer.rtc import RtcLink, handed_servers, ice_servers
 from peer.settings import Settings
 from peer.state import Disclosure, LocalState, digest_of, study_uids
 from peer.units import human_bytes, human_duration, human_rate
 from signaling.client import SignalingClient, SignalingError
+from signaling.ice import IceServer
 
 if TYPE_CHECKING:
     from peer.dicom.deid.stream import Prepared
@@ -390,7 +391,7 @@ async def send(
             paired = await pairing.run()
             on_event(Paired_(paired.mode))
             link = RtcLink(
-                _servers(settings),
+                _servers(settings, client.ice_servers),
                 high_water=settings.buffered_high,
                 relay_only=settings.turn_only,
             )
@@ -491,8 +492,11 @@ async def _open(link: RtcLink, settings: Settings) -> None:
         ) from None
 
 
-def _servers(settings: Settings) -> list[Any]:
-    return ice_servers(settings.stun, settings.turn, settings.turn_user, settings.turn_password)
+def _servers(settings: Settings, handed: Sequence[IceServer] = ()) -> list[Any]:
+    """Locally configured ICE servers first, then the ones the signaling server handed out
+    for this room (aiortc uses only the first STUN and the first TURN server it is given)."""
+    servers = ice_servers(settings.stun, settings.turn, settings.turn_user, settings.turn_password)
+    return servers + handed_servers(handed)
 
 
 def _build_manifest(
@@ -702,7 +706,7 @@ async def receive(
             if not isinstance(sdp, str):
                 raise RemoteProtocolError("offer without SDP")
             link = RtcLink(
-                _servers(settings),
+                _servers(settings, client.ice_servers),
                 high_water=settings.buffered_high,
                 relay_only=settings.turn_only,
             )

@@ -28,6 +28,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from signaling.ice import IceServer
 from signaling.messages import (
     MAX_BODY,
     MAX_FRAME,
@@ -121,6 +122,7 @@ class SignalingClient:
         self._end: SignalingError | None = None
         self._end_taken = False
         self._room = False  # allocated or joined
+        self._ice: tuple[IceServer, ...] = ()
         self._closed = False
         self._reader = asyncio.create_task(self._read(), name="scanbeam-signaling-reader")
 
@@ -168,6 +170,7 @@ class SignalingClient:
         """
         reply = await self._request(Allocate(), Allocated)
         assert isinstance(reply, Allocated)
+        self._ice = reply.ice
         return reply.nameplate
 
     async def join(self, nameplate: str) -> None:
@@ -181,7 +184,14 @@ class SignalingClient:
         """
         reply = await self._request(Join(nameplate), Joined)
         assert isinstance(reply, Joined)
+        self._ice = reply.ice
         self._peer_joined.set()  # the allocator is there by construction
+
+    @property
+    def ice_servers(self) -> tuple[IceServer, ...]:
+        """STUN/TURN servers the server handed out with ``allocated``/``joined`` (may be
+        empty); TURN credentials in them are short-lived and for this room only."""
+        return self._ice
 
     async def wait_peer(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (API)
         """Wait until the other member joined the room this connection allocated.

@@ -20,6 +20,8 @@ from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any, ClassVar, Final, TypeVar
 
+from signaling.ice import IceServer, as_json, parse_ice
+
 __all__ = [
     "MAX_BODY",
     "MAX_FRAME",
@@ -130,6 +132,7 @@ class Allocated:
     TYPE: ClassVar[str] = "allocated"
     nameplate: str
     expires_in: int
+    ice: tuple[IceServer, ...] = ()  # STUN/TURN servers for this room (§3, "ICE servers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,7 @@ class Joined:
     """Answer to a successful :class:`Join`, sent to the joiner."""
 
     TYPE: ClassVar[str] = "joined"
+    ice: tuple[IceServer, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +213,10 @@ def encode(message: ClientMessage | ServerMessage) -> str:
     obj: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": message.TYPE}
     for f in fields(message):
         value = getattr(message, f.name)
+        if f.name == "ice":
+            if value:  # absent key = no ICE servers
+                obj["ice"] = as_json(value)
+            continue
         obj[f.name] = str(value) if isinstance(value, str) else value
     text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
     _check_utf8(text, "frame")
@@ -252,7 +260,9 @@ def parse_server(data: str | bytes) -> ServerMessage | Unknown:
     if kind == Msg.TYPE:
         return Msg(_field(obj, "body", str))
     if kind == Allocated.TYPE:
-        return Allocated(_field(obj, "nameplate", str), _field(obj, "expires_in", int))
+        return Allocated(_field(obj, "nameplate", str), _field(obj, "expires_in", int), _ice(obj))
+    if kind == Joined.TYPE:
+        return Joined(_ice(obj))
     if kind == PeerClosed.TYPE:
         return PeerClosed(_field(obj, "mood", str))
     if kind == Error.TYPE:
@@ -262,8 +272,15 @@ def parse_server(data: str | bytes) -> ServerMessage | Unknown:
 
 
 _SIMPLE_SERVER_TYPES: Final[dict[str, ServerMessage]] = {
-    m.TYPE: m for m in (Joined(), PeerJoined(), PeerGone(), Expired(), Pong())
+    m.TYPE: m for m in (PeerJoined(), PeerGone(), Expired(), Pong())
 }
+
+
+def _ice(obj: dict[str, Any]) -> tuple[IceServer, ...]:
+    try:
+        return parse_ice(obj.get("ice"))
+    except ValueError as exc:
+        raise MalformedFrame(str(exc)) from None
 
 
 def _envelope(data: str | bytes) -> tuple[dict[str, Any], str]:

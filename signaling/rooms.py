@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from signaling.ice import IceServer
 from signaling.messages import (
     Allocate,
     Allocated,
@@ -142,6 +143,7 @@ class _Room:
     members: list[_Conn]
     deadline: float
     msgs: int = 0
+    ice: tuple[IceServer, ...] = ()
 
     @property
     def paired(self) -> bool:
@@ -162,6 +164,9 @@ class Hub:
             60 s after which further joins from that IP get ``rate-limited``.
         reuse_after: Seconds before a released nameplate may be allocated again.
         max_recent: Bound on remembered released nameplates (oldest forgotten first).
+        ice: Called once per room for the STUN/TURN servers handed out in ``allocated`` and
+            ``joined`` (the shim mints a TURN credential with the wall clock and ``secrets``,
+            see :func:`signaling.ice.mint`). None: hand out nothing.
     """
 
     def __init__(
@@ -175,8 +180,10 @@ class Hub:
         join_failures_per_minute: int = 20,
         reuse_after: float = 3600.0,
         max_recent: int = 100_000,
+        ice: Callable[[], tuple[IceServer, ...]] | None = None,
     ) -> None:
         self._randbelow = randbelow
+        self._ice = ice
         self._nameplate_ttl = nameplate_ttl
         self._room_ttl = room_ttl
         self._max_rooms = max_rooms
@@ -282,12 +289,14 @@ class Hub:
             return self._reject(conn, ErrorCode.BUSY, "The server is busy; try again later.")
         nameplate = self._new_nameplate()
         room = _Room(nameplate, [conn], deadline=now + self._nameplate_ttl)
+        if self._ice is not None:
+            room.ice = self._ice()  # one TURN credential per room, for both members
         self._rooms[nameplate] = room
         conn.state, conn.room = _ConnState.ALLOCATED, room
         logger.info("room allocated (rooms=%d)", len(self._rooms))
         logger.debug("allocated nameplate %s", nameplate)
         expires_in = math.ceil(self._nameplate_ttl)
-        return [SendFrame(conn.id, Allocated(nameplate, expires_in))]
+        return [SendFrame(conn.id, Allocated(nameplate, expires_in, room.ice))]
 
     def _join(self, conn: _Conn, nameplate: str, now: float) -> list[Action]:
         if conn.state is not _ConnState.IDLE:
@@ -322,7 +331,7 @@ class Hub:
         owner.state = _ConnState.PAIRED
         logger.info("room paired (rooms=%d)", len(self._rooms))
         logger.debug("paired nameplate %s", nameplate)
-        return [SendFrame(conn.id, Joined()), SendFrame(owner.id, PeerJoined())]
+        return [SendFrame(conn.id, Joined(room.ice)), SendFrame(owner.id, PeerJoined())]
 
     def _msg(self, conn: _Conn, body: str, now: float) -> list[Action]:
         room = conn.room

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from signaling.ice import IceConfig, IceServer, mint
 from signaling.messages import MAX_FRAME, PROTOCOL_VERSION, encode
 from signaling.rooms import Action, CloseConnection, Hub, SendFrame
 from signaling.settings import ServerSettings
@@ -169,8 +170,10 @@ async def start_server(
 
     Raises:
         OSError: the address cannot be bound.
+        ValueError: the TURN secret file cannot be read or is empty, or a STUN/TURN URL is bad.
         Exception: whatever a mount or its startup hook raises.
     """
+    ice = ice_config(settings)
     hub = Hub(
         randbelow=secrets.randbelow,
         nameplate_ttl=settings.nameplate_ttl,
@@ -178,6 +181,7 @@ async def start_server(
         max_rooms=settings.max_rooms,
         max_msgs_per_room=settings.max_msgs_per_room,
         join_failures_per_minute=settings.join_failures_per_minute,
+        ice=_minter(ice, settings.nameplate_ttl) if ice.enabled else None,
     )
     shim = _Signaling(hub, dict(routes or {}), settings.prune_interval)
     app = web.Application()
@@ -206,6 +210,38 @@ async def start_server(
     server = Server(runner, shim)
     logger.info("server listening on %s", server.url)
     return server
+
+
+def ice_config(settings: ServerSettings) -> IceConfig:
+    """The STUN/TURN servers to hand out, with the TURN secret read from its file.
+
+    Raises:
+        ValueError: unreadable or empty secret file, or a URL that is not stun:/turn:.
+    """
+    secret = b""
+    if settings.turn_secret_file is not None:
+        path = settings.turn_secret_file
+        try:
+            with open(path, "rb") as fh:
+                secret = fh.read(4096).strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read the TURN secret file {path}: {exc.strerror}") from None
+        if not secret:
+            raise ValueError(f"the TURN secret file {path} is empty")
+    return IceConfig(
+        stun_urls=settings.stun_url,
+        turn_urls=settings.turn_url,
+        secret=secret,
+        ttl=int(settings.turn_ttl),
+    )
+
+
+def _minter(ice: IceConfig, wait: float) -> Callable[[], tuple[IceServer, ...]]:
+    def mint_for_room() -> tuple[IceServer, ...]:
+        # valid from now until the room could still be waiting, plus the TTL
+        return mint(ice, time.time() + wait, secrets.token_urlsafe(12))
+
+    return mint_for_room
 
 
 async def run(

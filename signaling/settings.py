@@ -34,6 +34,12 @@ class ServerSettings:
         max_msgs_per_room: ``msg`` frames a room may carry in total.
         join_failures_per_minute: Failed joins per client IP per minute before ``rate-limited``.
         prune_interval: Seconds between two expiry sweeps; smaller than both TTLs.
+        stun_url: STUN URLs handed to clients (comma-separated in the environment).
+        turn_url: TURN URLs handed to clients with a per-room credential (TURN REST API).
+        turn_secret_file: File holding the secret shared with the TURN server (coturn
+            ``static-auth-secret``); never on the command line.
+        turn_ttl: Seconds a minted TURN credential stays valid after its room was allocated
+            plus the nameplate TTL.
     """
 
     host: str = "127.0.0.1"
@@ -45,6 +51,10 @@ class ServerSettings:
     max_msgs_per_room: int = 200
     join_failures_per_minute: int = 20
     prune_interval: float = 5.0
+    stun_url: tuple[str, ...] = ()
+    turn_url: tuple[str, ...] = ()
+    turn_secret_file: Path | None = None
+    turn_ttl: float = 3600.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -56,6 +66,10 @@ class ServerSettings:
         for name in ("max_rooms", "max_msgs_per_room", "join_failures_per_minute"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.turn_url and self.turn_secret_file is None:
+            raise ValueError("turn_url needs turn_secret_file (the secret shared with coturn)")
+        if not 60 <= self.turn_ttl <= 7 * 86400:
+            raise ValueError("turn_ttl must be between 60 s and 7 days")
         if self.prune_interval >= min(self.nameplate_ttl, self.room_ttl):
             raise ValueError("prune_interval must be smaller than nameplate_ttl and room_ttl")
 
@@ -122,6 +136,14 @@ def _to_path(value: object) -> Path:
     raise TypeError
 
 
+def _to_urls(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = value.split(",")
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(v.strip() for v in value if v.strip())
+    raise TypeError
+
+
 _CONVERTERS: Final[dict[str, tuple[Callable[[object], object], str]]] = {
     "host": (_to_str, "a host name or address"),
     "port": (_to_int, "an integer"),
@@ -132,6 +154,10 @@ _CONVERTERS: Final[dict[str, tuple[Callable[[object], object], str]]] = {
     "max_msgs_per_room": (_to_int, "an integer"),
     "join_failures_per_minute": (_to_int, "an integer"),
     "prune_interval": (_to_float, "a number of seconds"),
+    "stun_url": (_to_urls, "comma-separated stun: URLs"),
+    "turn_url": (_to_urls, "comma-separated turn: URLs"),
+    "turn_secret_file": (_to_path, "a file path"),
+    "turn_ttl": (_to_float, "a number of seconds"),
 }
 
 
