@@ -30,6 +30,10 @@ class Settings:
     buffered_high: int = 1 << 20  # data-channel high-water mark, bytes
     window: int = 128  # receive window, chunks (credit granted ahead of writes)
     compress: bool = True
+    # protocol v2 paths and reconnection (docs/protocol.md §10)
+    tcp_lane: bool = True  # direct TCP lane between CLI peers (off with turn_only)
+    pipe: bool = True  # the relay's live pipe through the server
+    reconnect_timeout: float = 300.0  # after a drop, try to reconnect this long (0 = never)
     # local state (drops, disclosure log); see load()
     home: Path = dataclasses.field(
         default_factory=lambda: Path.home() / ".local" / "share" / "scanbeam"
@@ -49,7 +53,13 @@ class Settings:
             values["turn_user"] = env["SCANBEAM_TURN_USER"]
         if env.get("SCANBEAM_TURN_PASSWORD"):
             values["turn_password"] = env["SCANBEAM_TURN_PASSWORD"]
-        for name in ("open_timeout", "wait_timeout", "connect_timeout", "idle_timeout"):
+        for name in (
+            "open_timeout",
+            "wait_timeout",
+            "connect_timeout",
+            "idle_timeout",
+            "reconnect_timeout",
+        ):
             raw = env.get(f"SCANBEAM_{name.upper()}")
             if raw:
                 try:

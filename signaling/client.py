@@ -44,6 +44,7 @@ from signaling.messages import (
     PeerClosed,
     PeerGone,
     PeerJoined,
+    Rendezvous,
     parse_server,
 )
 from signaling.messages import (
@@ -183,6 +184,15 @@ class SignalingClient:
         assert isinstance(reply, Joined)
         self._peer_joined.set()  # the allocator is there by construction
 
+    async def rendezvous(self, rid: str) -> None:
+        """Enter the rendezvous room ``rid`` (protocol v2 §10.3); then :meth:`wait_peer`.
+
+        Raises:
+            SignalingError: the server's code, or ``timeout``, ``disconnected``, ``bad-state``.
+        """
+        reply = await self._request(Rendezvous(rid), Joined)
+        assert isinstance(reply, Joined)
+
     async def wait_peer(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (API)
         """Wait until the other member joined the room this connection allocated.
 
@@ -282,7 +292,7 @@ class SignalingClient:
     # -- internals ---------------------------------------------------------------------------
 
     async def _request(
-        self, message: Allocate | Join, expect: type[Allocated | Joined]
+        self, message: Allocate | Join | Rendezvous, expect: type[Allocated | Joined]
     ) -> Allocated | Joined:
         """Send ``message`` and wait for ``expect`` or an ``error``.
 
