@@ -296,7 +296,7 @@ class TcpLanes:
                 if not check_proof(self._key, b"C", nonce_c, nonce_l, got):
                     raise ValueError("wrong proof")
         except (TimeoutError, ValueError, asyncio.IncompleteReadError, ConnectionError, OSError):
-            self._reject(writer, "inbound")
+            await self._reject(writer, "inbound")
             return
         self._on_lane(TcpLane(reader, writer))
 
@@ -319,14 +319,17 @@ class TcpLanes:
                 await writer.drain()
         except (TimeoutError, ValueError, asyncio.IncompleteReadError, ConnectionError, OSError):
             if writer is not None:
-                self._reject(writer, "outbound")
+                await self._reject(writer, "outbound")
             return
         self._on_lane(TcpLane(reader, writer))
 
-    def _reject(self, writer: asyncio.StreamWriter, way: str) -> None:
+    async def _reject(self, writer: asyncio.StreamWriter, way: str) -> None:
         self.rejected += 1
         log.info("a TCP lane connection (%s) failed authentication or timed out", way)
         writer.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1.0):
+                await writer.wait_closed()
 
     async def close(self) -> None:
         """Stop listening and connecting (lanes already handed out stay open)."""
@@ -566,6 +569,11 @@ class SenderLanes(_Mux):
         log.info("lane closed: %s", lane.name)
         if lane is self.current or all(x.dead for x in self.lanes):
             self._fail(PeerGone(f"{lane.name} lane closed"))
+
+    def move_to(self, lane: Lane) -> None:
+        """Carry the rest of the transfer on ``lane`` (an added, live lane)."""
+        if lane is not self.current:
+            self._use(lane)
 
     def _use(self, lane: Lane) -> None:
         old = self.current
