@@ -97,6 +97,21 @@ def _build_parser() -> argparse.ArgumentParser:
             help="connect only through TURN (the other side never sees this computer's "
             "addresses); without a TURN server no direct connection is possible",
         )
+        sp.add_argument(
+            "--no-tcp-lane",
+            action="store_true",
+            help="no direct TCP lane to the other computer (protocol v2 paths)",
+        )
+        sp.add_argument(
+            "--no-pipe", action="store_true", help="never stream through the server's relay pipe"
+        )
+        sp.add_argument(
+            "--reconnect",
+            type=_duration,
+            default=None,
+            metavar="DURATION",
+            help="after a dropped connection, try to reconnect this long (default 5m; 0 = never)",
+        )
 
     sd = sub.add_parser("send", help="send files and folders; prints a code and a QR code")
     sd.add_argument("paths", nargs="+", type=Path, metavar="PATH")
@@ -255,8 +270,8 @@ class _Out:
             self.out.write(text + "\n")
             self.out.flush()
 
-    def progress(self, done: int, total: int, rate: float) -> None:
-        self.event("progress", bytes=done, total=total, rate=round(rate, 1))
+    def progress(self, done: int, total: int, rate: float, via: str = "") -> None:
+        self.event("progress", bytes=done, total=total, rate=round(rate, 1), via=via)
         if self.json or not self.tty:
             return
         frac = done / total if total else 1.0
@@ -266,7 +281,7 @@ class _Out:
         text = (
             f"\r[{'#' * fill}{'.' * (width - fill)}] {frac * 100:5.1f}%  "
             f"{human_bytes(done)} / {human_bytes(total)}  {human_rate(rate)}  "
-            f"ETA {human_duration(eta)} "
+            f"ETA {human_duration(eta)} " + (f"via {via} " if via else "")
         )
         self.err.write(text)
         self.err.flush()
@@ -296,6 +311,9 @@ def _settings(args: argparse.Namespace, env: dict[str, str]) -> Settings:
             "turn": tuple(args.turn) if args.turn else None,
             "turn_user": args.turn_user,
             "turn_only": True if args.turn_only else None,
+            "tcp_lane": False if getattr(args, "no_tcp_lane", False) else None,
+            "pipe": False if getattr(args, "no_pipe", False) else None,
+            "reconnect_timeout": getattr(args, "reconnect", None),
             "compress": False if getattr(args, "no_compress", False) else None,
             "previews": False if getattr(args, "no_previews", False) else None,
         },
@@ -332,7 +350,20 @@ def _on_event_common(out: _Out, ev: object) -> None:
         out.event("connected", via=ev.via)
         out.line(f"Connected ({ev.via}).")
     elif isinstance(ev, session.Progress):
-        out.progress(ev.bytes, ev.total, ev.rate)
+        out.progress(ev.bytes, ev.total, ev.rate, ev.via)
+    elif isinstance(ev, session.PathMoved):
+        out.event("moved", old=ev.old, new=ev.new)
+        out.line(f"Moved the transfer from {ev.old} to the faster {ev.new} path.")
+    elif isinstance(ev, session.Reconnecting):
+        out.event("reconnecting", attempt=ev.attempt, reason=ev.reason, left=round(ev.until, 1))
+        out.line(
+            f"Connection lost ({ev.reason}); reconnecting (attempt {ev.attempt}, "
+            f"up to {human_duration(ev.until)} more)…"
+        )
+
+
+def _paths(done: session.Done) -> list[dict[str, Any]]:
+    return [{"via": name, "bytes": n} for name, n in done.paths]
 
 
 def _run_send(args: argparse.Namespace, settings: Settings, out: _Out) -> int:
@@ -359,6 +390,8 @@ def _run_send(args: argparse.Namespace, settings: Settings, out: _Out) -> int:
                 bytes=ev.bytes,
                 seconds=round(ev.seconds, 3),
                 sent_bytes=ev.sent_bytes,
+                paths=_paths(ev),
+                rounds=ev.rounds,
             )
             rate = ev.sent_bytes / ev.seconds if ev.seconds > 0 else 0.0
             out.line(
@@ -411,7 +444,7 @@ def _run_send(args: argparse.Namespace, settings: Settings, out: _Out) -> int:
                 )
                 out.line(ev.url)
         elif isinstance(ev, session.Progress):
-            out.progress(ev.bytes, ev.total, ev.rate)
+            out.progress(ev.bytes, ev.total, ev.rate, ev.via)
 
     prepared = deid_cli.prepare_for_send(args, settings, out)
     if args.wait is not None:
@@ -498,6 +531,8 @@ def _run_receive(args: argparse.Namespace, settings: Settings, out: _Out) -> int
                 bytes=ev.bytes,
                 seconds=round(ev.seconds, 3),
                 sent_bytes=ev.sent_bytes,
+                paths=_paths(ev),
+                rounds=ev.rounds,
                 dest=str(ev.dest.resolve()) if ev.dest else None,
                 completeness=ev.completeness,
             )

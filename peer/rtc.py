@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from aiortc import (
@@ -83,6 +83,7 @@ class RtcLink:
         self._dead = asyncio.Event()
         self._closed = False
         self._via = "direct"
+        self._sink: tuple[Callable[[bytes], None], Callable[[], None]] | None = None
 
         @self.pc.on("connectionstatechange")
         def _on_state() -> None:
@@ -140,6 +141,9 @@ class RtcLink:
         def _on_message(message: object) -> None:
             if not isinstance(message, bytes):
                 message = b""  # text frames are not part of the protocol: fail at parse
+            if self._sink is not None:
+                self._sink[0](message)
+                return
             if self._queue.qsize() >= self._max_queue:
                 self._queue.put_nowait(RemoteProtocolError("peer floods the channel"))
                 return
@@ -153,6 +157,19 @@ class RtcLink:
         if not self._dead.is_set():
             self._dead.set()
             self._queue.put_nowait(_CLOSED)
+            if self._sink is not None:
+                self._sink[1]()
+
+    def set_sink(self, on_message: Callable[[bytes], None], on_dead: Callable[[], None]) -> None:
+        """Deliver messages (and the channel's end) to callbacks instead of :meth:`recv`
+        (used by the lane multiplexer, peer.lanes); what was queued is delivered first."""
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, bytes):
+                on_message(item)
+        self._sink = (on_message, on_dead)
+        if self._dead.is_set():
+            on_dead()
 
     # Channel interface
 

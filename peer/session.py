@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import os
 import re
 import secrets
@@ -39,10 +40,18 @@ from peer.errors import (
     WrongCodeError,
 )
 from peer.files import Destination, SourceFile, SourceReader, collect_sources
+from peer.lanes import (
+    DcLane,
+    ReceiverLanes,
+    SenderLanes,
+    TcpLanes,
+    connect_pipe,
+)
 from peer.proto import receiver as rx
 from peer.proto import sender as tx
 from peer.proto.handshake import EnvelopeReceived, Handshake, HandshakeFailed, Paired, Role
 from peer.proto.manifest import FileEntry, Manifest, SeriesPreview
+from peer.proto.paths import lane_key, pipe_id, rendezvous_id, round_master
 from peer.proto.wordlist import EVEN, ODD
 from peer.relay_session import (
     LinkReady,
@@ -76,7 +85,9 @@ __all__ = [
     "LocalState",
     "Offer",
     "Paired_",
+    "PathMoved",
     "Progress",
+    "Reconnecting",
     "RelayFallback",
     "Retrying",
     "SeriesPreview",
@@ -142,6 +153,7 @@ class Progress:
     bytes: int
     total: int
     rate: float  # bytes/s over the last few seconds
+    via: str = ""  # the path carrying the data now: direct, turn, tcp, pipe (or "relay")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +167,26 @@ class Done:
     digests: tuple[str, ...] = field(default=())
     # receiver: `peer.dicom.complete.Completeness.to_dict()` of the placed files, or None
     completeness: dict[str, Any] | None = None
+    # protocol v2: bytes (sealed records) per path, in first-use order, over every round
+    paths: tuple[tuple[str, int], ...] = ()
+    rounds: int = 0  # reconnections that were needed (protocol v2 §10.3)
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnecting:
+    """The connection dropped; reconnecting through the server under the same pairing."""
+
+    attempt: int
+    reason: str
+    until: float  # seconds left before giving up
+
+
+@dataclass(frozen=True, slots=True)
+class PathMoved:
+    """The rest of the transfer moved to a faster path (protocol v2 §10.4)."""
+
+    old: str
+    new: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +197,18 @@ class RelayFallback:
     reason: str
 
 
-Event = CodeReady | Paired_ | Connected | Offer | Progress | Done | RelayFallback | LinkReady
+Event = (
+    CodeReady
+    | Paired_
+    | Connected
+    | Offer
+    | Progress
+    | Done
+    | RelayFallback
+    | LinkReady
+    | Reconnecting
+    | PathMoved
+)
 OnEvent = Callable[[Event], None]
 
 _CODE_RE = re.compile(r"^(\d{1,8})-([a-z]+)-([a-z]+)$")
@@ -304,19 +347,23 @@ class _Rate:
 
 
 class _Progress:
-    def __init__(self, on_event: OnEvent, total: int, start: int = 0) -> None:
+    def __init__(
+        self, on_event: OnEvent, total: int, start: int = 0, via: Callable[[], str] | None = None
+    ) -> None:
         self.on_event = on_event
         self.total = total
         self.bytes = start
         self.rate = _Rate()
         self.last = 0.0
+        self.via = via
 
     def add(self, n: int, force: bool = False) -> None:
         self.bytes += n
         now = time.monotonic()
         if force or now - self.last >= 0.25:
             self.last = now
-            self.on_event(Progress(self.bytes, self.total, self.rate.add(now, self.bytes)))
+            via = self.via() if self.via is not None else ""
+            self.on_event(Progress(self.bytes, self.total, self.rate.add(now, self.bytes), via))
 
 
 def _make_code(nameplate: str) -> str:
@@ -390,6 +437,10 @@ async def send(
             pairing = _Pairing(client, hs, settings)
             paired = await pairing.run()
             on_event(Paired_(paired.mode))
+            if paired.version >= 2:  # several paths, reconnection (docs/protocol.md §10)
+                return await _send_v2(
+                    settings, client, pairing, paired, sources, on_event, nameplate, on_no_path
+                )
             link = RtcLink(
                 _servers(settings, client.ice_servers),
                 high_water=settings.buffered_high,
@@ -540,7 +591,7 @@ def build_previews(
     return tuple(dataclasses.replace(p, series=remap(p.series)) for p in previews)
 
 
-async def _recv(link: RtcLink, idle: float | None) -> bytes:
+async def _recv(link: RtcLink | SenderLanes | ReceiverLanes, idle: float | None) -> bytes:
     data = link.recv_nowait()  # fast path: no timer or task per message
     if data is not None:
         return data
@@ -554,12 +605,13 @@ async def _recv(link: RtcLink, idle: float | None) -> bytes:
 
 
 async def _send_over(
-    link: RtcLink,
+    link: RtcLink | SenderLanes,
     paired: Paired,
     manifest: Manifest,
     sources: Sequence[SourceFile],
     settings: Settings,
     on_event: OnEvent,
+    stats: dict[str, int] | None = None,
 ) -> Done:
     started = time.monotonic()
     machine = tx.Sender(paired.keys.session, manifest, compress=settings.compress)
@@ -581,6 +633,12 @@ async def _send_over(
             flush()
             wake.set()
 
+    credit0: list[int] = []
+    if isinstance(link, SenderLanes):
+        link.bind(
+            lambda: machine.sent_chunks,
+            lambda: machine.credit - credit0[0] if credit0 else 0,
+        )
     machine.start()
     flush()
     pump_task = asyncio.ensure_future(pump())
@@ -590,7 +648,10 @@ async def _send_over(
             for ev in machine.events_received():
                 if isinstance(ev, tx.Accepted):
                     held = ev.resume_bytes
-                    progress = _Progress(on_event, manifest.total_bytes, held)
+                    credit0.append(machine.credit)
+                    if stats is not None:
+                        stats["held"] = held
+                    progress = _Progress(on_event, manifest.total_bytes, held, via=lambda: link.via)
                 elif isinstance(ev, tx.Declined):
                     raise DeclinedError("declined")
                 elif isinstance(ev, tx.Failed):
@@ -701,6 +762,18 @@ async def receive(
             pairing = _Pairing(client, hs, settings)
             paired = await pairing.run()
             on_event(Paired_(paired.mode))
+            if paired.version >= 2:  # several paths, reconnection (docs/protocol.md §10)
+                return await _receive_v2(
+                    settings,
+                    target.server,
+                    client,
+                    pairing,
+                    paired,
+                    dest,
+                    on_event,
+                    decide,
+                    password,
+                )
             offer = await pairing.envelope("offer")
             sdp = offer.get("sdp")
             if not isinstance(sdp, str):
@@ -781,12 +854,13 @@ async def check_completeness(manifest: Manifest, root: Path) -> dict[str, Any] |
 
 
 async def _receive_over(
-    link: RtcLink,
+    link: RtcLink | ReceiverLanes,
     paired: Paired,
     root: Path,
     settings: Settings,
     on_event: OnEvent,
     decide: Decide,
+    stats: dict[str, int] | None = None,
 ) -> Done:
     started = time.monotonic()
     machine = rx.Receiver(paired.keys.session, window=settings.window)
@@ -845,7 +919,9 @@ async def _receive_over(
                         await link.flush_and_close(1.0)
                         raise
                     machine.accept(resume, hashes)
-                    progress = _Progress(on_event, m.total_bytes, held)
+                    if stats is not None:
+                        stats["held"] = held
+                    progress = _Progress(on_event, m.total_bytes, held, via=lambda: link.via)
                 elif isinstance(ev, rx.ChunkReceived):
                     assert dest is not None and progress is not None
                     dest.write(ev.file_ix, ev.offset, ev.data)
@@ -999,3 +1075,387 @@ async def receive_any(
         return done
     target = parse_target(text, settings.server)
     return await receive(settings, target, dest, on_event, decide)
+
+
+# -- protocol v2: several paths and reconnection rounds (docs/protocol.md §10) ----------------
+
+
+class _Round:
+    """The paths of one round: the data channel, TCP lanes, the relay pipe, and the tasks
+    still opening them in the background."""
+
+    def __init__(self, mux: SenderLanes | ReceiverLanes) -> None:
+        self.mux = mux
+        self.link: RtcLink | None = None
+        self.tcp: TcpLanes | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.ready = asyncio.Event()
+
+    def add(self, lane: Any) -> None:
+        self.mux.add(lane)
+        if self.mux.lanes:
+            self.ready.set()
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if self.tcp is not None:
+            await self.tcp.close()
+        await self.mux.close()
+        if self.link is not None:
+            await self.link.close()
+
+
+async def _establish(
+    settings: Settings,
+    server: str,
+    pairing: _Pairing,
+    paired: Paired,
+    role: Role,
+    on_event: OnEvent,
+) -> _Round:
+    """Exchange offer/answer and lane addresses in sealed envelopes, then open every path
+    at once; returns when the first one carries records.
+
+    Raises:
+        NoPathError: no path opened within the connect timeout.
+    """
+    master = paired.keys.master
+    if role is Role.SENDER:
+        mux: SenderLanes | ReceiverLanes = SenderLanes(
+            on_switch=lambda old, new: on_event(PathMoved(old, new))
+        )
+    else:
+        mux = ReceiverLanes()
+    rnd = _Round(mux)
+    try:
+        link = rnd.link = RtcLink(
+            _servers(settings, pairing.client.ice_servers),
+            high_water=settings.buffered_high,
+            relay_only=settings.turn_only,
+        )
+        if settings.tcp_lane and not settings.turn_only:  # --turn-only hides our addresses
+            rnd.tcp = TcpLanes(lane_key(master), rnd.add)
+        lanes_msg: dict[str, Any] = {"type": "lanes", "pipe": settings.pipe}
+        if role is Role.SENDER:
+            offer_sdp = await link.create_offer()
+            lanes_msg["tcp"] = await rnd.tcp.listen() if rnd.tcp is not None else []
+            pairing.send({"type": "offer", "sdp": offer_sdp, "version": paired.version})
+            pairing.send(lanes_msg)
+            await pairing.flush()
+            answer = await pairing.envelope("answer")
+            sdp = answer.get("sdp")
+            if not isinstance(sdp, str):
+                raise RemoteProtocolError("answer without SDP")
+            peer = await pairing.envelope("lanes")
+            await link.accept_answer(sdp)
+        else:
+            offer = await pairing.envelope("offer")
+            sdp = offer.get("sdp")
+            if not isinstance(sdp, str):
+                raise RemoteProtocolError("offer without SDP")
+            peer = await pairing.envelope("lanes")
+            answer_sdp = await link.create_answer(sdp)
+            lanes_msg["tcp"] = await rnd.tcp.listen() if rnd.tcp is not None else []
+            pairing.send({"type": "answer", "sdp": answer_sdp})
+            pairing.send(lanes_msg)
+            await pairing.flush()
+
+        async def open_dc() -> None:
+            try:
+                await link.wait_open(settings.connect_timeout)
+            except NoPathError:
+                return
+            rnd.add(DcLane(link))
+
+        async def open_pipe() -> None:
+            lane = await connect_pipe(server, pipe_id(master), settings.connect_timeout)
+            if lane is not None:
+                rnd.add(lane)
+
+        rnd.tasks.append(asyncio.ensure_future(open_dc()))
+        if rnd.tcp is not None:
+            rnd.tcp.connect_all(peer.get("tcp"))
+        if settings.pipe and peer.get("pipe") is True:
+            rnd.tasks.append(asyncio.ensure_future(open_pipe()))
+        waiter = asyncio.ensure_future(rnd.ready.wait())
+        try:
+            await asyncio.wait(
+                [waiter, *rnd.tasks],
+                timeout=settings.connect_timeout,
+                return_when="FIRST_COMPLETED",
+            )
+            # the data channel and the pipe may fail fast; TCP lanes may still come
+            deadline = time.monotonic() + settings.connect_timeout
+            while not rnd.ready.is_set() and time.monotonic() < deadline:
+                pending = [t for t in rnd.tasks if not t.done()]
+                await asyncio.wait(
+                    [waiter, *pending],
+                    timeout=max(0.0, deadline - time.monotonic()),
+                    return_when="FIRST_COMPLETED",
+                )
+                if not pending and not rnd.ready.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(min(6.0, deadline - time.monotonic())):
+                            await rnd.ready.wait()  # TCP proofs take at most 5 s
+                    break
+        finally:
+            waiter.cancel()
+        if not rnd.ready.is_set():
+            raise NoPathError(
+                "no path",
+                user_message="No connection could be made between the two computers "
+                f"within {settings.connect_timeout:.0f} s.",
+            )
+        on_event(Connected(mux.lanes[0].name))
+        return rnd
+    except BaseException:
+        await rnd.close()
+        raise
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, ConnectionFailed) and not isinstance(exc, NoReceiver)
+
+
+async def _rejoin(
+    settings: Settings, server: str, master: bytes, round_no: int, role: Role, deadline: float
+) -> tuple[SignalingClient, _Pairing, Paired]:
+    """Meet the peer again at the rendezvous of ``round_no`` (retrying the server until
+    ``deadline``) and pair under that round's fresh keys."""
+    rid = rendezvous_id(master, round_no)
+    delay = 0.5
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise PeerGone(
+                "reconnect timed out",
+                user_message="The connection dropped and could not be made again in "
+                f"{settings.reconnect_timeout:.0f} s. Verified data was kept: run the same "
+                "command again to resume.",
+            )
+        client: SignalingClient | None = None
+        try:
+            client = await SignalingClient.connect(
+                server, open_timeout=min(settings.open_timeout, left)
+            )
+            await client.rendezvous(rid)
+            await client.wait_peer(timeout=max(0.1, deadline - time.monotonic()))
+        except SignalingError:
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.close("error")
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 5.0)
+            continue
+        hs = Handshake(role, master=round_master(master, round_no), entropy=os.urandom)
+        pairing = _Pairing(client, hs, settings)
+        try:
+            paired = await pairing.run()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await client.close("error")
+            raise
+        return client, pairing, paired
+
+
+async def _rounds(
+    settings: Settings,
+    server: str,
+    client: SignalingClient,
+    pairing: _Pairing,
+    paired: Paired,
+    role: Role,
+    on_event: OnEvent,
+    run: Callable[[_Round, Paired, int, dict[str, int]], Awaitable[Done]],
+    on_no_path: Callable[[_Pairing, SignalingClient], Awaitable[None]] | None = None,
+) -> Done:
+    """Run the transfer in rounds: when the connection drops, meet again (bounded by the
+    reconnect timeout) and continue; the receiver's verified chunks are never sent again."""
+    started = time.monotonic()
+    master = paired.keys.master
+    totals: dict[str, int] = {}
+    stats: dict[str, int] = {}
+    held0: int | None = None
+    deadline: float | None = None
+    round_no = 0
+    while True:
+        own_client = round_no > 0
+        established = False
+        try:
+            if round_no > 0:
+                assert deadline is not None
+                client, pairing, paired = await _rejoin(
+                    settings, server, master, round_no, role, deadline
+                )
+                on_event(Paired_(paired.mode))
+            try:
+                rnd = await _establish(settings, server, pairing, paired, role, on_event)
+            except NoPathError:
+                if round_no == 0 and on_no_path is not None:
+                    await on_no_path(pairing, client)
+                raise
+            except SignalingError as exc:
+                raise _signal_error(exc, server) from None
+            established = True
+            with contextlib.suppress(SignalingError):
+                await client.close("happy")
+            try:
+                done = await run(rnd, paired, round_no, stats)
+            finally:
+                if held0 is None and "held" in stats:
+                    held0 = stats["held"]
+                for name, n in rnd.mux.paths:
+                    totals[name] = totals.get(name, 0) + n
+                await rnd.close()
+            total_sent = done.bytes - (held0 if held0 is not None else 0)
+            done = dataclasses.replace(
+                done,
+                paths=tuple(totals.items()),
+                rounds=round_no,
+                seconds=time.monotonic() - started,
+                sent_bytes=total_sent,
+            )
+            on_event(done)
+            return done
+        except BeamError as exc:
+            if not _retryable(exc) or settings.reconnect_timeout <= 0:
+                raise
+            if round_no == 0 and not established:
+                raise  # the first connection never opened (the relay handles that)
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + settings.reconnect_timeout
+            if now >= deadline:
+                raise
+            round_no += 1
+            on_event(Reconnecting(round_no, exc.code, deadline - now))
+        finally:
+            if own_client:
+                with contextlib.suppress(Exception):
+                    await client.close("error")
+
+
+async def _send_v2(
+    settings: Settings,
+    client: SignalingClient,
+    pairing: _Pairing,
+    paired: Paired,
+    sources: Sequence[SourceFile],
+    on_event: OnEvent,
+    nameplate: str,
+    on_no_path: HandOff | None,
+) -> Done:
+    manifest = _build_manifest(sources)
+    last: list[Manifest] = [manifest]
+
+    async def run(rnd: _Round, paired: Paired, round_no: int, stats: dict[str, int]) -> Done:
+        m = manifest if round_no == 0 else _build_manifest(sources)  # fresh nonce prefixes
+        last[0] = m
+        assert isinstance(rnd.mux, SenderLanes)
+        quiet = _quiet_done(on_event)
+        done = await _send_over(rnd.mux, paired, m, sources, settings, quiet, stats)
+        via = rnd.link.via if rnd.link is not None and rnd.link.pc.sctp is not None else ""
+        return dataclasses.replace(done, via=_main_via(rnd.mux.paths, via))
+
+    async def hand_off(pairing: _Pairing, client: SignalingClient) -> None:
+        if on_no_path is None:
+            return
+        ready = await on_no_path()
+        with contextlib.suppress(SignalingError, LocalProtocolError):
+            pairing.send({"type": "relay", "url": ready.url})
+            await pairing.flush()
+            await client.close("happy")
+
+    try:
+        done = await _rounds(
+            settings,
+            settings.server,
+            client,
+            pairing,
+            paired,
+            Role.SENDER,
+            on_event,
+            run,
+            on_no_path=hand_off,
+        )
+    except BeamError as exc:
+        if not isinstance(exc, NoPathError):
+            _disclose(settings, last[0], "direct", f"code {nameplate}", exc, ())
+        raise
+    _disclose(settings, last[0], done.via, f"code {nameplate}", None, done.digests)
+    return done
+
+
+def _quiet_done(on_event: OnEvent) -> OnEvent:
+    """``on_event`` without the round's own Done (the rounds loop reports the total)."""
+
+    def forward(ev: Event) -> None:
+        if not isinstance(ev, Done):
+            on_event(ev)
+
+    return forward
+
+
+def _main_via(paths: Sequence[tuple[str, int]], dc_via: str) -> str:
+    """``done.via`` keeps its v1 meaning, the kind of path that carried most of the data:
+    "direct" (the data channel without TURN, or the TCP lane), "turn", or "pipe" (through
+    the server). ``done.paths`` has the detail."""
+    if not paths:
+        return dc_via or "direct"
+    name = max(paths, key=lambda p: p[1])[0]
+    return "direct" if name == "tcp" else name
+
+
+async def _receive_v2(
+    settings: Settings,
+    server: str,
+    client: SignalingClient,
+    pairing: _Pairing,
+    paired: Paired,
+    dest: Path,
+    on_event: OnEvent,
+    decide: Decide,
+    password: PasswordPrompt | None,
+) -> Done:
+    first: list[tuple[tuple[str, ...], int]] = []
+
+    async def decide_once(offer: Offer) -> bool:
+        """Ask once; a later round offering the same files continues without asking."""
+        key = (offer.paths, offer.bytes)
+        if first and first[0] == key:
+            return True
+        ok = await decide(offer)
+        if ok:
+            first[:] = [key]
+        return ok
+
+    async def run(rnd: _Round, paired: Paired, round_no: int, stats: dict[str, int]) -> Done:
+        assert isinstance(rnd.mux, ReceiverLanes)
+        quiet = _quiet_done(on_event)
+        done = await _receive_over(rnd.mux, paired, dest, settings, quiet, decide_once, stats)
+        via = rnd.link.via if rnd.link is not None and rnd.link.pc.sctp is not None else ""
+        return dataclasses.replace(done, via=_main_via(rnd.mux.paths, via))
+
+    try:
+        return await _rounds(
+            settings, server, client, pairing, paired, Role.RECEIVER, on_event, run
+        )
+    except NoPathError as exc:
+        url = await _await_hand_off(pairing, settings, on_event)
+        drop = parse_drop_link(url) if url else None
+        if drop is None:
+            raise exc from None
+        with contextlib.suppress(SignalingError):
+            await client.close("happy")
+
+        async def no_password() -> str:
+            raise PairingError(
+                "no prompt", user_message="A password is needed: use --password-file FILE."
+            ) from None
+
+        done: Done = await download(settings, drop, dest, on_event, decide, password or no_password)
+        return done

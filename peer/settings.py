@@ -32,6 +32,10 @@ class Settings:
     compress: bool = True
     previews: bool = True  # series thumbnails in the manifest (peer/dicom/preview.py)
     preview_seconds: float = 5.0  # time box for making them
+    # protocol v2 paths and reconnection (docs/protocol.md §10)
+    tcp_lane: bool = True  # direct TCP lane between CLI peers (off with turn_only)
+    pipe: bool = True  # the relay's live pipe through the server
+    reconnect_timeout: float = 300.0  # after a drop, try to reconnect this long (0 = never)
     # local state (drops, disclosure log); see load()
     home: Path = dataclasses.field(
         default_factory=lambda: Path.home() / ".local" / "share" / "scanbeam"
@@ -51,7 +55,13 @@ class Settings:
             values["turn_user"] = env["SCANBEAM_TURN_USER"]
         if env.get("SCANBEAM_TURN_PASSWORD"):
             values["turn_password"] = env["SCANBEAM_TURN_PASSWORD"]
-        for name in ("open_timeout", "wait_timeout", "connect_timeout", "idle_timeout"):
+        for name in (
+            "open_timeout",
+            "wait_timeout",
+            "connect_timeout",
+            "idle_timeout",
+            "reconnect_timeout",
+        ):
             raw = env.get(f"SCANBEAM_{name.upper()}")
             if raw:
                 try:

@@ -42,6 +42,7 @@ from relay.blobs import (
     TooMuchData,
 )
 from relay.meta import DB_NAME, MetaStore, SqliteMetaStore
+from relay.pipe import PipeHub
 from relay.settings import RelaySettings
 from relay.store import (
     Outcome,
@@ -128,6 +129,7 @@ class RelayMount:
         add("GET", "/v1/drops/{id}/status", g(self._status))
         add("GET", "/v1/drops/{id}/log", g(self._log))
         add("*", "/v1/drops{tail:.*}", g(self._other))
+        PipeHub().mount(app)  # the live pipe (docs/protocol.md §10.2): no storage
         app.cleanup_ctx.append(self._lifetime)
 
     async def _lifetime(self, app: web.Application) -> AsyncIterator[None]:

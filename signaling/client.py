@@ -45,6 +45,7 @@ from signaling.messages import (
     PeerClosed,
     PeerGone,
     PeerJoined,
+    Rendezvous,
     parse_server,
 )
 from signaling.messages import (
@@ -192,6 +193,15 @@ class SignalingClient:
         """STUN/TURN servers the server handed out with ``allocated``/``joined`` (may be
         empty); TURN credentials in them are short-lived and for this room only."""
         return self._ice
+    async def rendezvous(self, rid: str) -> None:
+        """Enter the rendezvous room ``rid`` (protocol v2 §10.3); then :meth:`wait_peer`.
+
+        Raises:
+            SignalingError: the server's code, or ``timeout``, ``disconnected``, ``bad-state``.
+        """
+        reply = await self._request(Rendezvous(rid), Joined)
+        assert isinstance(reply, Joined)
+        self._ice = reply.ice
 
     async def wait_peer(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (API)
         """Wait until the other member joined the room this connection allocated.
@@ -292,7 +302,7 @@ class SignalingClient:
     # -- internals ---------------------------------------------------------------------------
 
     async def _request(
-        self, message: Allocate | Join, expect: type[Allocated | Joined]
+        self, message: Allocate | Join | Rendezvous, expect: type[Allocated | Joined]
     ) -> Allocated | Joined:
         """Send ``message`` and wait for ``expect`` or an ``error``.
 

@@ -43,6 +43,7 @@ __all__ = [
     "PeerJoined",
     "Ping",
     "Pong",
+    "Rendezvous",
     "ServerMessage",
     "Unknown",
     "encode",
@@ -113,6 +114,15 @@ class Close:
 
     TYPE: ClassVar[str] = "close"
     mood: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rendezvous:
+    """Meet the other peer of an earlier pairing in a room named by ``id`` (32 lower-case
+    hex characters, derived by both peers from their shared secret; protocol v2 §10.3)."""
+
+    TYPE: ClassVar[str] = "rendezvous"
+    id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +205,7 @@ class Unknown:
     type: str
 
 
-ClientMessage = Allocate | Join | Msg | Close | Ping
+ClientMessage = Allocate | Join | Msg | Close | Ping | Rendezvous
 ServerMessage = (
     Allocated | Joined | PeerJoined | Msg | PeerClosed | PeerGone | Expired | Pong | Error
 )
@@ -245,6 +255,11 @@ def parse_client(data: str | bytes) -> ClientMessage | Unknown:
         return Close(mood)
     if kind == Allocate.TYPE:
         return Allocate()
+    if kind == Rendezvous.TYPE:
+        rid = _field(obj, "id", str)
+        if len(rid) != 32 or any(c not in "0123456789abcdef" for c in rid):
+            raise MalformedFrame("'id' must be 32 lower-case hex characters.")
+        return Rendezvous(rid)
     if kind == Ping.TYPE:
         return Ping()
     return Unknown(kind)

@@ -46,6 +46,7 @@ from signaling.messages import (
     PeerJoined,
     Ping,
     Pong,
+    Rendezvous,
     ServerMessage,
     Unknown,
     parse_client,
@@ -234,6 +235,8 @@ class Hub:
             return self._close(conn, message.mood, now)
         if isinstance(message, Ping):
             return [SendFrame(conn.id, Pong())]
+        if isinstance(message, Rendezvous):
+            return self._rendezvous(conn, message.id, now)
         assert isinstance(message, Unknown)
         return self._reject(conn, ErrorCode.UNKNOWN_TYPE, "Unknown message type.")
 
@@ -333,6 +336,42 @@ class Hub:
         logger.debug("paired nameplate %s", nameplate)
         return [SendFrame(conn.id, Joined(room.ice)), SendFrame(owner.id, PeerJoined())]
 
+    def _rendezvous(self, conn: _Conn, rid: str, now: float) -> list[Action]:
+        """Protocol v2 reconnection (docs/protocol.md §10.3): the first connection with an id
+        waits in a room named by it, the second one with the same id pairs with it. The id
+        is never a nameplate (it starts with "~"), never rate-limited (128 random-looking
+        bits cannot be guessed) and may be used again once its room ended."""
+        if conn.state is not _ConnState.IDLE:
+            return self._reject(conn, ErrorCode.BAD_STATE, "This connection already has a room.")
+        key = "~" + rid
+        actions: list[Action] = []
+        room = self._rooms.get(key)
+        if room is not None and now >= room.deadline:
+            actions += self._expire(room, now)
+            room = None
+        if room is None:
+            if len(self._rooms) >= self._max_rooms:
+                return self._reject(conn, ErrorCode.BUSY, "The server is busy; try again later.")
+            room = _Room(key, [conn], deadline=now + self._nameplate_ttl)
+            self._rooms[key] = room
+            conn.state, conn.room = _ConnState.ALLOCATED, room
+            logger.info("rendezvous waiting (rooms=%d)", len(self._rooms))
+            return [*actions, SendFrame(conn.id, Joined())]
+        if room.paired:
+            return self._reject(conn, ErrorCode.CROWDED, "This room already has two members.")
+        owner = room.members[0]
+        room.members.append(conn)
+        room.deadline = now + self._room_ttl
+        conn.state, conn.room = _ConnState.PAIRED, room
+        owner.state = _ConnState.PAIRED
+        logger.info("rendezvous paired (rooms=%d)", len(self._rooms))
+        return [
+            *actions,
+            SendFrame(conn.id, Joined()),
+            SendFrame(conn.id, PeerJoined()),
+            SendFrame(owner.id, PeerJoined()),
+        ]
+
     def _msg(self, conn: _Conn, body: str, now: float) -> list[Action]:
         room = conn.room
         if room is None:
@@ -397,7 +436,8 @@ class Hub:
     ) -> list[Action]:
         """Remove ``room``; tell and close every member except ``skip``."""
         del self._rooms[room.nameplate]
-        self._remember(room.nameplate, now)
+        if not room.nameplate.startswith("~"):  # rendezvous ids are not nameplates
+            self._remember(room.nameplate, now)
         actions: list[Action] = []
         for member in room.members:
             member.room = None

@@ -48,7 +48,7 @@ __all__ = [
     "Role",
 ]
 
-SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2)
 PAKE_ID = b"scanbeam v1 pake"
 MAX_BODY = 48 * 1024
 
@@ -111,18 +111,23 @@ class Handshake:
         *,
         code: str | None = None,
         link_secret: bytes | None = None,
+        master: bytes | None = None,
         entropy: Callable[[int], bytes],
         versions: Sequence[int] = SUPPORTED_VERSIONS,
     ) -> None:
-        if code is None and link_secret is None:
+        if master is not None:
+            if code is not None or link_secret is not None or len(master) != 32:
+                raise LocalProtocolError("a rejoin pairs by its round master alone")
+        elif code is None and link_secret is None:
             raise LocalProtocolError("need a code or a link secret")
         if role is Role.RECEIVER and code is not None and link_secret is not None:
             raise LocalProtocolError("a receiver pairs by code or by link, not both")
-        if role is Role.SENDER and code is None:
+        if role is Role.SENDER and code is None and master is None:
             raise LocalProtocolError("a sender needs a code (the link secret is optional)")
         self.role = role
         self._code = code
         self._link = link_secret
+        self._master = master
         self._entropy = entropy
         self._versions = tuple(versions)
         self._state = _State.IDLE
@@ -148,7 +153,10 @@ class Handshake:
         if self._state is not _State.IDLE:
             raise LocalProtocolError("handshake already started")
         self._set(_State.PAIRING)
-        if self._code is not None:
+        if self._master is not None:  # a reconnection round (§10.3): both speak at once
+            self._set_keys(PairingKeys.from_master(self._master), "rejoin")
+            self._send_hello()
+        elif self._code is not None:
             self._spake = SPAKE2_Symmetric(
                 self._code.encode("utf-8"), idSymmetric=PAKE_ID, entropy_f=self._entropy
             )

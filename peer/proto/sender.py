@@ -234,6 +234,11 @@ class Sender:
         return self._sent_chunks
 
     @property
+    def credit(self) -> int:
+        """The receiver's latest cumulative credit (0 before ACCEPT)."""
+        return self._credit
+
+    @property
     def bytes_compressed_in(self) -> int:
         """Plaintext bytes that compression was tried on."""
         return self._packer.bytes_in

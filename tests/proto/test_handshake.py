@@ -43,7 +43,9 @@ def test_same_code_pairs_with_equal_keys() -> None:
     assert isinstance(se[0], Paired) and isinstance(re_[0], Paired)
     assert se[0].keys.master == re_[0].keys.master
     assert se[0].keys.session.data_s2r == re_[0].keys.session.data_s2r
-    assert se[0].mode == "code" and se[0].version == 1
+    assert (
+        se[0].mode == "code" and se[0].version == 2
+    )  # both speak v1 and v2 (docs/protocol.md §10)
     s.send({"type": "offer", "sdp": "v=0"})
     for b in s.data_to_send():
         r.receive(b)
