@@ -16,7 +16,6 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any

@@ -193,6 +193,7 @@ class SignalingClient:
         """STUN/TURN servers the server handed out with ``allocated``/``joined`` (may be
         empty); TURN credentials in them are short-lived and for this room only."""
         return self._ice
+
     async def rendezvous(self, rid: str) -> None:
         """Enter the rendezvous room ``rid`` (protocol v2 §10.3); then :meth:`wait_peer`.
 

@@ -527,7 +527,7 @@ def test_the_manifest_hides_the_originals_mtimes(planted: Planted) -> None:
 
     deid = Deidentifier(DEFAULT_PROFILE, SALT)
     prepared = prepare(collect_sources([planted.root]), deid)
-    manifest = _build_manifest(prepared.sources, prepared.summary)
+    manifest = _build_manifest(prepared.sources, summary=prepared.summary)
     real = {f.stat().st_mtime_ns for f in planted.files}
     sent = [f.mtime_ns for f in manifest.files]
     assert not set(sent) & real and all(0 <= m < 1 << 53 for m in sent)
