@@ -438,7 +438,16 @@ async def send(
             on_event(Paired_(paired.mode))
             if paired.version >= 2:  # several paths, reconnection (docs/protocol.md §10)
                 return await _send_v2(
-                    settings, client, pairing, paired, sources, on_event, nameplate, on_no_path
+                    settings,
+                    client,
+                    pairing,
+                    paired,
+                    manifest,
+                    sources,
+                    on_event,
+                    nameplate,
+                    on_no_path,
+                    deid_label,
                 )
             link = RtcLink(
                 _servers(settings, client.ice_servers),
@@ -1343,16 +1352,17 @@ async def _send_v2(
     client: SignalingClient,
     pairing: _Pairing,
     paired: Paired,
+    manifest: Manifest,
     sources: Sequence[SourceFile],
     on_event: OnEvent,
     nameplate: str,
     on_no_path: HandOff | None,
+    deid_label: str,
 ) -> Done:
-    manifest = _build_manifest(sources)
     last: list[Manifest] = [manifest]
 
     async def run(rnd: _Round, paired: Paired, round_no: int, stats: dict[str, int]) -> Done:
-        m = manifest if round_no == 0 else _build_manifest(sources)  # fresh nonce prefixes
+        m = manifest if round_no == 0 else _fresh_prefixes(manifest)
         last[0] = m
         assert isinstance(rnd.mux, SenderLanes)
         quiet = _quiet_done(on_event)
@@ -1383,10 +1393,16 @@ async def _send_v2(
         )
     except BeamError as exc:
         if not isinstance(exc, NoPathError):
-            _disclose(settings, last[0], "direct", f"code {nameplate}", exc, ())
+            _disclose(settings, last[0], "direct", f"code {nameplate}", exc, (), deid=deid_label)
         raise
-    _disclose(settings, last[0], done.via, f"code {nameplate}", None, done.digests)
+    _disclose(settings, last[0], done.via, f"code {nameplate}", None, done.digests, deid=deid_label)
     return done
+
+
+def _fresh_prefixes(manifest: Manifest) -> Manifest:
+    """The same offer with new chunk nonce prefixes (every round seals under new ones)."""
+    files = tuple(dataclasses.replace(f, prefix=secrets.token_bytes(16)) for f in manifest.files)
+    return dataclasses.replace(manifest, files=files)
 
 
 def _quiet_done(on_event: OnEvent) -> OnEvent:
