@@ -118,6 +118,9 @@ def clean_text(value: object, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+SUMMARY_LIST_MAX = 200_000
+
+
 def _clean_summary(value: Any, depth: int = 0) -> Any:
     if depth > 6:
         return None
@@ -128,7 +131,8 @@ def _clean_summary(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
         return clean_text(value)
     if isinstance(value, list):
-        return [_clean_summary(v, depth + 1) for v in value[:1000]]
+        # as many items as a manifest may have files: a series lists every SOP Instance UID
+        return [_clean_summary(v, depth + 1) for v in value[:SUMMARY_LIST_MAX]]
     # ``value`` comes from json.loads, so what is left is a dict with str keys
     return {clean_text(k, 64): _clean_summary(v, depth + 1) for k, v in list(value.items())[:100]}
 

@@ -176,3 +176,33 @@ def test_without_a_summary_only_the_files_are_checked(received: Received) -> Non
     root, _, paths = received
     got = check_study({}, root, paths)
     assert (got.status, got.missing, got.series) == ("complete", 0, 3)
+
+
+def test_a_series_over_a_thousand_images_is_checked_by_uid(sent: Sent, tmp_path: Path) -> None:
+    """Every SOP Instance UID crosses the manifest, so a swapped instance in a long series
+    is found even though the count still matches."""
+    from peer.proto.manifest import Manifest, decode_manifest, encode_manifest
+
+    src = _first(sent[0], 1)
+    root = tmp_path / "long"
+    series = root / "SE001"
+    series.mkdir(parents=True)
+    ds = pydicom.dcmread(src)
+    for i in range(1200):
+        uid = f"1.2.826.0.1.3680043.8.498.777.{i + 1}"
+        ds.SOPInstanceUID = uid
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+        ds.InstanceNumber = i + 1
+        ds.save_as(series / f"IM{i:05d}.dcm", enforce_file_format=True)
+    paths = _rels(root)
+    summary = summarize((rel, root / rel) for rel in paths)
+    summary = decode_manifest(encode_manifest(Manifest(files=(), summary=summary))).summary
+    assert len(summary["studies"][0]["series"][0]["sop_uids"]) == 1200
+    assert check_study(summary, root, paths).status == "complete"
+    swapped = pydicom.dcmread(series / "IM00007.dcm")
+    swapped.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.777.99999"
+    swapped.file_meta.MediaStorageSOPInstanceUID = swapped.SOPInstanceUID
+    swapped.save_as(series / "IM00007.dcm", enforce_file_format=True)
+    got = check_study(summary, root, paths)
+    assert got.status == "conflicting" and got.missing == 1
+    assert "1 image not listed in the offer" in format_completeness(got.to_dict())
