@@ -670,7 +670,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if not args.verbose:
-        for noisy in ("aioice", "aiortc", "websockets", "asyncio", "pynetdicom"):
+        for noisy in ("aioice", "aiortc", "websockets", "asyncio", "pynetdicom", "pydicom"):
             logging.getLogger(noisy).setLevel(logging.CRITICAL)
         # the signaling library logger is pinned at INFO (never DEBUG: frames hold bodies)
         logging.getLogger("scanbeam.signaling.websockets").setLevel(logging.WARNING)

@@ -238,9 +238,10 @@ def test_push_decompresses_only_what_the_pacs_refuses(
 
 def test_push_without_a_permissive_decoder_fails_that_instance(study: Path, tmp_path: Path) -> None:
     src = _dicom_files(study)[0]
-    jpeg = tmp_path / "in" / "lossless.dcm"
+    jpeg = tmp_path / "in" / "extended.dcm"
     jpeg.parent.mkdir()
-    subprocess.run([need("dcmcjpeg"), str(src), str(jpeg)], check=True)  # JPEG Lossless SV1
+    # 12-bit JPEG Extended: only the GPL libjpeg plugin decodes it (gdcm and Pillow refuse)
+    subprocess.run([need("dcmcjpeg"), "+ee", str(src), str(jpeg)], check=True)
     shutil.copy(_dicom_files(study)[1], tmp_path / "in" / "plain.dcm")
     with storescp(tmp_path) as scp:
         peer = _run(["push", str(tmp_path / "in"), "--to-pacs", f"127.0.0.1:{scp.port}:DCMSCP"])
