@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -323,6 +324,15 @@ def _clean_incoming(path: Path) -> None:
             leftover.unlink()
 
 
+def _association_thread_died(args: threading.ExceptHookArgs) -> None:
+    """One line instead of a traceback when a pynetdicom association thread dies (its
+    state machine raises on some peer misbehaviour, e.g. data after a rejection); the
+    server and the other associations go on."""
+    name = args.exc_type.__name__ if args.exc_type is not None else "error"
+    sys.stderr.write(f"scanbeam: a DICOM association ended abnormally ({name}).\n")
+    sys.stderr.flush()
+
+
 def serve(config: ListenConfig, on_event: OnEvent, stop: threading.Event) -> None:
     """Accept C-STORE and C-ECHO until ``stop`` is set (or KeyboardInterrupt).
 
@@ -351,6 +361,7 @@ def serve(config: ListenConfig, on_event: OnEvent, stop: threading.Event) -> Non
     tempfile.tempdir = str(incoming)
     _config.STORE_RECV_CHUNKED_DATASET = True
 
+    threading.excepthook = _association_thread_died
     ae = AE(ae_title=aet)
     ae.require_called_aet = True
     ae.acse_timeout = config.timeout
