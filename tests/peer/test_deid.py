@@ -376,13 +376,23 @@ def test_bundled_file_round_trips(tmp_path: Path, name: str) -> None:
             assert all(str(v).startswith(("2.25.", "1.2.840.10008.")) for v in values), elem
 
 
-def test_deflated_and_dicomdir_are_refused_cleanly(tmp_path: Path) -> None:
-    deid = Deidentifier(DEFAULT_PROFILE, SALT)
-    for name in ("image_dfl.dcm", "DICOMDIR"):
-        found = get_testdata_file(name, download=False)
-        assert found is not None
-        with pytest.raises(NotDicom):
-            layout_file(Path(str(found)), deid, Report())
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("image_dfl.dcm", "deflated DICOM cannot be streamed"),
+        ("DICOMDIR", "not a DICOM instance (or a DICOMDIR)"),
+        ("no_meta.dcm", "not a DICOM file"),
+        ("MR_truncated.dcm", "the pixel data is cut short"),
+        # explicit VR in its file meta, implicit VR in its dataset
+        ("SC_rgb_jpeg.dcm", "its pixel data is not encoded as its transfer syntax says"),
+    ],
+)
+def test_files_that_cannot_be_streamed_are_refused_cleanly(name: str, why: str) -> None:
+    found = get_testdata_file(name, download=False)
+    assert found is not None
+    with pytest.raises(NotDicom) as err:
+        layout_file(Path(str(found)), Deidentifier(DEFAULT_PROFILE, SALT), Report())
+    assert err.value.user_message == why
 
 
 # --- memory ------------------------------------------------------------------------
@@ -534,3 +544,19 @@ def test_the_manifest_hides_the_originals_mtimes(planted: Planted) -> None:
     again = prepare(collect_sources([planted.root]), deid)  # stable: resumes still match
     assert [s.manifest_mtime_ns for s in again.sources] == sent
     assert manifest.summary is prepared.summary
+
+
+def test_identifiers_left_in_unlisted_attributes_are_caught(planted: Planted) -> None:
+    """Manufacturer is not in Table E.1-1 (kept): a patient name typed there survives the
+    profile, and the independent residual check makes it a risk to confirm."""
+    ds = dcmread(planted.files[0])
+    ds.Manufacturer = "ZEBRAFISH MEDICAL"
+    ds.save_as(planted.files[0])
+    prepared = prepare(collect_sources([planted.root]), Deidentifier(DEFAULT_PROFILE, SALT))
+    assert len(prepared.risks) == 1
+    rel, reasons = prepared.risks[0]
+    assert rel.endswith(planted.files[0].name)
+    assert reasons == [
+        "patient name still in the header (an attribute the table does not list); check the report"
+    ]
+    assert "ZEBRAFISH" not in json.dumps(prepared.report_doc())

@@ -411,10 +411,52 @@ class Context:
         issuer = _first_text(ds, (0x00100021,))
         self.shift = deid.shift_days(f"{issuer}|{key}")
         self._pattern = _identifier_pattern(_identifiers(ds, deid.profile))
+        self.patient_tokens = _patient_tokens(ds)
 
     def scrub(self, text: str) -> str:
         out = _DIGITS.sub("*", text)
         return self._pattern.sub("*", out) if self._pattern.pattern else out
+
+    def residual(self, data: bytes) -> list[str]:
+        """Which of the patient's own identifiers (name parts, IDs, accession, birth date)
+        still occur in ``data``: an independent check of the output, since an attribute
+        the table does not list (or a vendor's misuse of one) can carry them. Returns the
+        kinds found, never the values."""
+        text = data.decode("latin-1").casefold()
+        return sorted({kind for kind, token in self.patient_tokens if token in text})
+
+
+_PATIENT_KEYS = (
+    ("patient name", 0x00100010),
+    ("patient ID", 0x00100020),
+    ("other patient IDs", 0x00101000),
+    ("other patient names", 0x00101001),
+    ("accession number", 0x00080050),
+    ("birth date", 0x00100030),
+)
+
+
+def _patient_tokens(ds: Dataset) -> list[tuple[str, str]]:
+    """(kind, casefolded token) of the patient's identifiers, for `Context.residual`."""
+    out: list[tuple[str, str]] = []
+    for kind, tag in _PATIENT_KEYS:
+        try:
+            elem = ds.get(tag)
+            value = elem.value if elem is not None else None
+        except Exception:
+            continue
+        if not value:
+            continue
+        values = value if isinstance(value, MultiValue | list | tuple) else [value]
+        for v in values:
+            text = str(v).strip()
+            parts = re.split(r"[\^=,\s]+", text) if kind.endswith(("names", "name")) else [text]
+            out += [(kind, p.casefold()) for p in parts if len(p) >= 4]
+    for item in ds.get("OtherPatientIDsSequence", None) or []:
+        text = str(item.get("PatientID", "") or "").strip()
+        if len(text) >= 4:
+            out.append(("other patient IDs", text.casefold()))
+    return out
 
 
 def _first_text(ds: Dataset, tags: Iterable[int]) -> str:
