@@ -559,4 +559,8 @@ def test_identifiers_left_in_unlisted_attributes_are_caught(planted: Planted) ->
     assert reasons == [
         "patient name still in the header (an attribute the table does not list); check the report"
     ]
-    assert "ZEBRAFISH" not in json.dumps(prepared.report_doc())
+    doc = prepared.report_doc()
+    assert "ZEBRAFISH" not in json.dumps(doc)
+    assert doc["risks"] == [
+        {"file": "deidentified/study01/series001/00001.dcm", "reasons": reasons}
+    ]

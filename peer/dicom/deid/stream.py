@@ -244,6 +244,7 @@ class Prepared:
         """The JSON report: profile, options, codes, per-tag changes, counts; no values
         and no original file names (they may hold names)."""
         rows = self.report.rows()
+        new = {old: rel for rel, old in self.renamed.items()}
         return {
             "tool": "scanbeam deidentify",
             "table": EDITION,
@@ -257,6 +258,10 @@ class Prepared:
             "excluded_files": len(self.excluded),
             "risky_files": len(self.risks),
             "changed_elements": sum(r["count"] for r in rows),
+            "risks": [
+                {"file": new.get(rel, "(left out)"), "reasons": reasons}
+                for rel, reasons in self.risks
+            ],
             "changes": rows,
         }
 
