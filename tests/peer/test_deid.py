@@ -564,3 +564,27 @@ def test_identifiers_left_in_unlisted_attributes_are_caught(planted: Planted) ->
     assert doc["risks"] == [
         {"file": "deidentified/study01/series001/00001.dcm", "reasons": reasons}
     ]
+
+
+def test_structured_report_free_text_follows_the_content_sequence_row() -> None:
+    """TextValue is not a row of Table E.1-1: the Content Sequence row (D in the Basic
+    Profile, C with Clean Structured Content) decides, recursively."""
+
+    def sr() -> Dataset:
+        inner = Dataset()
+        inner.ValueType = "TEXT"
+        inner.TextValue = "Seen by ZEBRAFISH on 20240315, lesion 12 mm"
+        item = Dataset()
+        item.ValueType = "CONTAINER"
+        item.ContentSequence = [inner]
+        ds = _engine_ds()
+        ds.ContentSequence = [item]
+        return ds
+
+    default = sr()
+    Deidentifier(DEFAULT_PROFILE, SALT).apply(default, Report(), mark=False)
+    assert default.ContentSequence[0].ContentSequence[0].TextValue == "ANONYMIZED"
+    strict = sr()
+    Deidentifier(PROFILES["strict"], SALT).apply(strict, Report(), mark=False)
+    text = strict.ContentSequence[0].ContentSequence[0].TextValue
+    assert text == "Seen by * on *, lesion 12 mm"

@@ -61,6 +61,8 @@ _NUMERIC_VRS = frozenset(
 )
 _BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 _DUMMY = "ANONYMIZED"
+_CONTENT_SEQUENCE = 0x0040A730
+_TEXT_VALUE = 0x0040A160
 _MAX_SHIFT_DAYS = 3650
 _DIGITS = re.compile(r"\d{5,}")
 _REMOVE_ACTIONS = frozenset({"X", "X/Z", "X/D", "X/Z/D"})
@@ -224,6 +226,11 @@ class Deidentifier:
                     private_kept.add((group, elem_no >> 8))
                 continue
             found = self.profile.action(tag)
+            if found is None and tag == _TEXT_VALUE and ctx.content_mode:
+                # free text of a structured report: Table E.1-1 handles it through its
+                # Content Sequence row (D: dummy content; C with Clean Structured Content)
+                self._act(ds, tag, ctx.content_mode, "TextValue", ctx, report)
+                continue
             if found is None:
                 self._keep(ds, tag, ctx, report, "")
                 continue
@@ -305,8 +312,14 @@ class Deidentifier:
         if vr == "SQ":
             elem = self._element(ds, tag)
             if elem is not None and isinstance(elem.value, DicomSequence):
-                for item in elem.value:
-                    self._walk(item, ctx, report)
+                outer = ctx.content_mode
+                if tag == _CONTENT_SEQUENCE and rule in ("D", "C"):
+                    ctx.content_mode = "C" if rule == "C" or outer == "C" else "D"
+                try:
+                    for item in elem.value:
+                        self._walk(item, ctx, report)
+                finally:
+                    ctx.content_mode = outer
             return
         if vr == "UI" and not self.profile.retain_uids:
             elem = self._element(ds, tag)
@@ -412,6 +425,7 @@ class Context:
         self.shift = deid.shift_days(f"{issuer}|{key}")
         self._pattern = _identifier_pattern(_identifiers(ds, deid.profile))
         self.patient_tokens = _patient_tokens(ds)
+        self.content_mode = ""  # inside a Content Sequence: its action, "D" or "C"
 
     def scrub(self, text: str) -> str:
         out = _DIGITS.sub("*", text)
