@@ -588,3 +588,16 @@ def test_structured_report_free_text_follows_the_content_sequence_row() -> None:
     Deidentifier(PROFILES["strict"], SALT).apply(strict, Report(), mark=False)
     text = strict.ContentSequence[0].ContentSequence[0].TextValue
     assert text == "Seen by * on *, lesion 12 mm"
+
+
+def test_an_overlay_goes_whole_with_its_data() -> None:
+    ds = _engine_ds()
+    ds.add_new(0x60000010, "US", 4)  # OverlayRows
+    ds.add_new(0x60000011, "US", 4)  # OverlayColumns
+    ds.add_new(0x60000040, "CS", "G")  # OverlayType
+    ds.add_new(0x60003000, "OW", b"\xff\x00")  # OverlayData
+    for profile in ("default", "strict"):  # X, and C (Clean Graphics) which cannot clean it
+        d = Dataset()
+        d.update(ds)
+        Deidentifier(PROFILES[profile], SALT).apply(d, Report(), mark=False)
+        assert not [e for e in d if e.tag.group == 0x6000]

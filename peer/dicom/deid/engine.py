@@ -212,6 +212,7 @@ class Deidentifier:
     def _walk(self, ds: Dataset, ctx: Context, report: Report) -> None:
         private_kept: set[tuple[int, int]] = set()
         creators: list[int] = []
+        overlays_removed: list[int] = []
         for btag in list(ds.keys()):
             tag = int(btag)
             group, elem_no = tag >> 16, tag & 0xFFFF
@@ -236,6 +237,14 @@ class Deidentifier:
                 continue
             action, row = found
             self._act(ds, tag, action, _name(tag, row), ctx, report)
+            if tag & 0xFF00FFFF == 0x60003000 and tag not in ds:
+                overlays_removed.append(tag)
+        # an overlay whose data was removed is removed whole (rows, origin, type... alone
+        # make an invalid Overlay Plane module)
+        for group in {t >> 16 for t in overlays_removed}:
+            for btag in [t for t in ds.keys() if int(t) >> 16 == group]:
+                del ds[btag]
+                report.add(int(btag), _name(int(btag)), "X", _ACTION_WORDS["X"])
         for tag in creators:  # a private creator stays only if part of its block stayed
             if (tag >> 16, tag & 0xFF) not in private_kept:
                 del ds[tag]
