@@ -9,14 +9,20 @@ Writes a synthetic CT study (plus one large multi-frame file), then measures:
 * streaming the de-identified files through the same reader (new header + raw pixels);
 * tracemalloc peaks of both reads (memory per file must not grow with pixel data).
 
-Usage: ``python bench/deid.py [--size 400MB] [--frames 600]``
+With ``--cli``, also ``scanbeam send`` -> ``receive`` of a synthetic CT study as two
+processes through a local server, with and without ``--deidentify``, in the same run.
+
+Usage: ``python bench/deid.py [--size 400MB] [--frames 600] [--cli]``
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import platform
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +39,9 @@ from peer.dicom.deid.profile import DEFAULT_PROFILE
 from peer.dicom.deid.stream import prepare
 from peer.dicom.synth import parse_size, write_study
 from peer.files import SourceFile, SourceReader, collect_sources
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 BLOCK = 64 * 1024  # the direct path's chunk size, roughly
 
@@ -85,11 +94,87 @@ def _read_all(sources: Sequence[SourceFile], trace: bool = False) -> tuple[float
     return seconds, total, peak
 
 
+def _cli_send(server: str, src: Path, work: Path, extra: Sequence[str]) -> dict[str, float]:
+    """One send -> receive over the CLI; the receiver's rate and the sender's peak RSS."""
+    from bench.transfer import _env, _rss_wrapped
+
+    out = work / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    s_rss = work / "s.rss"
+    env = {**_env(), "SCANBEAM_HOME": str(work / "home")}
+    args = ["send", str(src), "--server", server, "--json", "--no-relay", *extra]
+    sender = subprocess.Popen(_rss_wrapped(args, s_rss), stdout=subprocess.PIPE, text=True, env=env)
+    assert sender.stdout is not None
+    started = time.monotonic()
+    code = ""
+    while not code:  # de-identification events come first
+        event = json.loads(sender.stdout.readline())
+        code = event.get("code", "")
+    offer_pass = time.monotonic() - started
+    recv = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "peer.cli",
+            "receive",
+            code,
+            "--server",
+            server,
+            "-o",
+            str(out),
+            "--yes",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    sender.stdout.read()
+    sender.wait(60)
+    if recv.returncode or sender.returncode:
+        raise SystemExit(f"transfer failed: {recv.stderr[-300:]}")
+    done = [json.loads(ln) for ln in recv.stdout.splitlines() if '"done"' in ln][-1]
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        "MBps": done["bytes"] / done["seconds"] / 1e6,
+        "seconds": done["seconds"],
+        "until_code_s": offer_pass,
+        "sender_rss_MB": int(s_rss.read_text()) / 1024,
+    }
+
+
+def _cli(size: int) -> None:
+    from bench.transfer import start_server
+
+    with tempfile.TemporaryDirectory(prefix="bench-deid-cli-") as tmp:
+        work = Path(tmp)
+        study = work / "CT"
+        write_study(study, target_bytes=size, series=3, seed=5, report=False)
+        proc, url = start_server()
+        try:
+            plain = _cli_send(url, study, work, [])
+            deid = _cli_send(url, study, work, ["--deidentify"])
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        for name, r in (("send (reference)", plain), ("send --deidentify", deid)):
+            print(
+                f"{name:20} {r['MBps']:7.1f} MB/s  transfer {r['seconds']:.2f} s  "
+                f"until the code {r['until_code_s']:.2f} s  sender peak RSS "
+                f"{r['sender_rss_MB']:.0f} MB"
+            )
+        print(f"ratio --deidentify / reference: {deid['MBps'] / plain['MBps']:.2f}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", type=parse_size, default=parse_size("400MB"))
     ap.add_argument("--frames", type=int, default=600, help="frames of the multi-frame file")
+    ap.add_argument("--cli", action="store_true", help="also send over the CLI, both ways")
     args = ap.parse_args(argv)
+    if args.cli:
+        _cli(args.size)
     with tempfile.TemporaryDirectory(prefix="bench-deid-") as tmp:
         root = Path(tmp) / "STUDY"
         info = write_study(root, target_bytes=args.size, series=3, seed=3, report=False)

@@ -11,6 +11,8 @@ Sources (downloaded with ``pip download``, read as data, none of their code is r
   columns. The generator checks that its Basic Profile column agrees with 2026c on every
   common row and fails otherwise; rows that only 2026c has get no option actions (the
   Basic Profile action then applies whatever the options, the conservative side).
+  idiscore is GPL-3.0: only the standard's action codes are read from it (facts of the
+  DICOM standard, which NEMA publishes for free use); none of its code is copied or run.
 
 Usage::
 

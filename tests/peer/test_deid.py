@@ -376,13 +376,23 @@ def test_bundled_file_round_trips(tmp_path: Path, name: str) -> None:
             assert all(str(v).startswith(("2.25.", "1.2.840.10008.")) for v in values), elem
 
 
-def test_deflated_and_dicomdir_are_refused_cleanly(tmp_path: Path) -> None:
-    deid = Deidentifier(DEFAULT_PROFILE, SALT)
-    for name in ("image_dfl.dcm", "DICOMDIR"):
-        found = get_testdata_file(name, download=False)
-        assert found is not None
-        with pytest.raises(NotDicom):
-            layout_file(Path(str(found)), deid, Report())
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("image_dfl.dcm", "deflated DICOM cannot be streamed"),
+        ("DICOMDIR", "not a DICOM instance (or a DICOMDIR)"),
+        ("no_meta.dcm", "not a DICOM file"),
+        ("MR_truncated.dcm", "the pixel data is cut short"),
+        # explicit VR in its file meta, implicit VR in its dataset
+        ("SC_rgb_jpeg.dcm", "its pixel data is not encoded as its transfer syntax says"),
+    ],
+)
+def test_files_that_cannot_be_streamed_are_refused_cleanly(name: str, why: str) -> None:
+    found = get_testdata_file(name, download=False)
+    assert found is not None
+    with pytest.raises(NotDicom) as err:
+        layout_file(Path(str(found)), Deidentifier(DEFAULT_PROFILE, SALT), Report())
+    assert err.value.user_message == why
 
 
 # --- memory ------------------------------------------------------------------------
@@ -534,3 +544,60 @@ def test_the_manifest_hides_the_originals_mtimes(planted: Planted) -> None:
     again = prepare(collect_sources([planted.root]), deid)  # stable: resumes still match
     assert [s.manifest_mtime_ns for s in again.sources] == sent
     assert manifest.summary is prepared.summary
+
+
+def test_identifiers_left_in_unlisted_attributes_are_caught(planted: Planted) -> None:
+    """Manufacturer is not in Table E.1-1 (kept): a patient name typed there survives the
+    profile, and the independent residual check makes it a risk to confirm."""
+    ds = dcmread(planted.files[0])
+    ds.Manufacturer = "ZEBRAFISH MEDICAL"
+    ds.save_as(planted.files[0])
+    prepared = prepare(collect_sources([planted.root]), Deidentifier(DEFAULT_PROFILE, SALT))
+    assert len(prepared.risks) == 1
+    rel, reasons = prepared.risks[0]
+    assert rel.endswith(planted.files[0].name)
+    assert reasons == [
+        "patient name still in the header (an attribute the table does not list); check the report"
+    ]
+    doc = prepared.report_doc()
+    assert "ZEBRAFISH" not in json.dumps(doc)
+    assert doc["risks"] == [
+        {"file": "deidentified/study01/series001/00001.dcm", "reasons": reasons}
+    ]
+
+
+def test_structured_report_free_text_follows_the_content_sequence_row() -> None:
+    """TextValue is not a row of Table E.1-1: the Content Sequence row (D in the Basic
+    Profile, C with Clean Structured Content) decides, recursively."""
+
+    def sr() -> Dataset:
+        inner = Dataset()
+        inner.ValueType = "TEXT"
+        inner.TextValue = "Seen by ZEBRAFISH on 20240315, lesion 12 mm"
+        item = Dataset()
+        item.ValueType = "CONTAINER"
+        item.ContentSequence = [inner]
+        ds = _engine_ds()
+        ds.ContentSequence = [item]
+        return ds
+
+    default = sr()
+    Deidentifier(DEFAULT_PROFILE, SALT).apply(default, Report(), mark=False)
+    assert default.ContentSequence[0].ContentSequence[0].TextValue == "ANONYMIZED"
+    strict = sr()
+    Deidentifier(PROFILES["strict"], SALT).apply(strict, Report(), mark=False)
+    text = strict.ContentSequence[0].ContentSequence[0].TextValue
+    assert text == "Seen by * on *, lesion 12 mm"
+
+
+def test_an_overlay_goes_whole_with_its_data() -> None:
+    ds = _engine_ds()
+    ds.add_new(0x60000010, "US", 4)  # OverlayRows
+    ds.add_new(0x60000011, "US", 4)  # OverlayColumns
+    ds.add_new(0x60000040, "CS", "G")  # OverlayType
+    ds.add_new(0x60003000, "OW", b"\xff\x00")  # OverlayData
+    for profile in ("default", "strict"):  # X, and C (Clean Graphics) which cannot clean it
+        d = Dataset()
+        d.update(ds)
+        Deidentifier(PROFILES[profile], SALT).apply(d, Report(), mark=False)
+        assert not [e for e in d if e.tag.group == 0x6000]

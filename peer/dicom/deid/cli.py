@@ -124,7 +124,7 @@ def _confirm(args: argparse.Namespace, out: Out, prepared: Prepared) -> None:
     out.event("deid-risk", files=len(prepared.risks))
     out.line(
         f"Warning: {len(prepared.risks)} file(s) may show identifiers that de-identifying "
-        "the header cannot remove (pixel data is sent untouched):"
+        "the header cannot remove (pixel data is kept untouched):"
     )
     for rel, reasons in prepared.risks[:_MAX_LISTED]:
         out.line(f"  {rel}: {'; '.join(reasons)}")
@@ -139,7 +139,7 @@ def _confirm(args: argparse.Namespace, out: Out, prepared: Prepared) -> None:
             user_message="Stopped: some files may show identifiers in their pixels; "
             "check them and add --accept-risk to go on.",
         )
-    answer = input("Send them anyway? [y/N] ")
+    answer = input("Include them anyway? [y/N] ")
     if answer.strip().lower() not in ("y", "yes"):
         raise RiskNotAccepted("declined", user_message="Stopped: nothing was sent or written.")
 

@@ -61,6 +61,8 @@ _NUMERIC_VRS = frozenset(
 )
 _BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 _DUMMY = "ANONYMIZED"
+_CONTENT_SEQUENCE = 0x0040A730
+_TEXT_VALUE = 0x0040A160
 _MAX_SHIFT_DAYS = 3650
 _DIGITS = re.compile(r"\d{5,}")
 _REMOVE_ACTIONS = frozenset({"X", "X/Z", "X/D", "X/Z/D"})
@@ -210,6 +212,7 @@ class Deidentifier:
     def _walk(self, ds: Dataset, ctx: Context, report: Report) -> None:
         private_kept: set[tuple[int, int]] = set()
         creators: list[int] = []
+        overlays_removed: list[int] = []
         for btag in list(ds.keys()):
             tag = int(btag)
             group, elem_no = tag >> 16, tag & 0xFFFF
@@ -224,11 +227,24 @@ class Deidentifier:
                     private_kept.add((group, elem_no >> 8))
                 continue
             found = self.profile.action(tag)
+            if found is None and tag == _TEXT_VALUE and ctx.content_mode:
+                # free text of a structured report: Table E.1-1 handles it through its
+                # Content Sequence row (D: dummy content; C with Clean Structured Content)
+                self._act(ds, tag, ctx.content_mode, "TextValue", ctx, report)
+                continue
             if found is None:
                 self._keep(ds, tag, ctx, report, "")
                 continue
             action, row = found
             self._act(ds, tag, action, _name(tag, row), ctx, report)
+            if tag & 0xFF00FFFF == 0x60003000 and tag not in ds:
+                overlays_removed.append(tag)
+        # an overlay whose data was removed is removed whole (rows, origin, type... alone
+        # make an invalid Overlay Plane module)
+        for group in {t >> 16 for t in overlays_removed}:
+            for btag in [t for t in ds.keys() if int(t) >> 16 == group]:
+                del ds[btag]
+                report.add(int(btag), _name(int(btag)), "X", _ACTION_WORDS["X"])
         for tag in creators:  # a private creator stays only if part of its block stayed
             if (tag >> 16, tag & 0xFF) not in private_kept:
                 del ds[tag]
@@ -305,8 +321,14 @@ class Deidentifier:
         if vr == "SQ":
             elem = self._element(ds, tag)
             if elem is not None and isinstance(elem.value, DicomSequence):
-                for item in elem.value:
-                    self._walk(item, ctx, report)
+                outer = ctx.content_mode
+                if tag == _CONTENT_SEQUENCE and rule in ("D", "C"):
+                    ctx.content_mode = "C" if rule == "C" or outer == "C" else "D"
+                try:
+                    for item in elem.value:
+                        self._walk(item, ctx, report)
+                finally:
+                    ctx.content_mode = outer
             return
         if vr == "UI" and not self.profile.retain_uids:
             elem = self._element(ds, tag)
@@ -411,10 +433,53 @@ class Context:
         issuer = _first_text(ds, (0x00100021,))
         self.shift = deid.shift_days(f"{issuer}|{key}")
         self._pattern = _identifier_pattern(_identifiers(ds, deid.profile))
+        self.patient_tokens = _patient_tokens(ds)
+        self.content_mode = ""  # inside a Content Sequence: its action, "D" or "C"
 
     def scrub(self, text: str) -> str:
         out = _DIGITS.sub("*", text)
         return self._pattern.sub("*", out) if self._pattern.pattern else out
+
+    def residual(self, data: bytes) -> list[str]:
+        """Which of the patient's own identifiers (name parts, IDs, accession, birth date)
+        still occur in ``data``: an independent check of the output, since an attribute
+        the table does not list (or a vendor's misuse of one) can carry them. Returns the
+        kinds found, never the values."""
+        text = data.decode("latin-1").casefold()
+        return sorted({kind for kind, token in self.patient_tokens if token in text})
+
+
+_PATIENT_KEYS = (
+    ("patient name", 0x00100010),
+    ("patient ID", 0x00100020),
+    ("other patient IDs", 0x00101000),
+    ("other patient names", 0x00101001),
+    ("accession number", 0x00080050),
+    ("birth date", 0x00100030),
+)
+
+
+def _patient_tokens(ds: Dataset) -> list[tuple[str, str]]:
+    """(kind, casefolded token) of the patient's identifiers, for `Context.residual`."""
+    out: list[tuple[str, str]] = []
+    for kind, tag in _PATIENT_KEYS:
+        try:
+            elem = ds.get(tag)
+            value = elem.value if elem is not None else None
+        except Exception:
+            continue
+        if not value:
+            continue
+        values = value if isinstance(value, MultiValue | list | tuple) else [value]
+        for v in values:
+            text = str(v).strip()
+            parts = re.split(r"[\^=,\s]+", text) if kind.endswith(("names", "name")) else [text]
+            out += [(kind, p.casefold()) for p in parts if len(p) >= 4]
+    for item in ds.get("OtherPatientIDsSequence", None) or []:
+        text = str(item.get("PatientID", "") or "").strip()
+        if len(text) >= 4:
+            out.append(("other patient IDs", text.casefold()))
+    return out
 
 
 def _first_text(ds: Dataset, tags: Iterable[int]) -> str:

@@ -53,6 +53,7 @@ _DEFLATED = "1.2.840.10008.1.2.1.99"
 _DICOMDIR = "1.2.840.10008.1.3.10"
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV"}
 _LONG_VRS.add(b"UV")
+_PIXEL_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"}
 _UNDEFINED = 0xFFFFFFFF
 _SC_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 _US_PREFIXES = ("1.2.840.10008.5.1.4.1.1.6", "1.2.840.10008.5.1.4.1.1.3.1")
@@ -115,6 +116,10 @@ def _pixel_end(fd: int, start: int, size: int, little: bool, implicit: bool) -> 
     if implicit:
         (length,) = struct.unpack(e + "I", hdr[4:8])
         pos = start + 8
+    elif hdr[4:6] not in _PIXEL_VRS:
+        raise NotDicom(
+            "pixel VR", user_message="its pixel data is not encoded as its transfer syntax says"
+        )
     elif hdr[4:6] in _LONG_VRS:
         if len(hdr) < 12:
             raise NotDicom("short pixel header", user_message="the pixel data is cut short")
@@ -198,6 +203,12 @@ def layout_file(
             dcmwrite(head, ds, enforce_file_format=True)
         except Exception as exc:
             raise NotDicom(str(exc), user_message="its header cannot be rewritten") from None
+    found = ctx.residual(head.getvalue() + tail)
+    if found:
+        risks.append(
+            f"{', '.join(found)} still in the header (an attribute the table does not list); "
+            "check the report"
+        )
     return Layout(head.getvalue(), pix_start, pix_end - pix_start, tail), ds, risks
 
 
@@ -240,6 +251,7 @@ class Prepared:
         """The JSON report: profile, options, codes, per-tag changes, counts; no values
         and no original file names (they may hold names)."""
         rows = self.report.rows()
+        new = {old: rel for rel, old in self.renamed.items()}
         return {
             "tool": "scanbeam deidentify",
             "table": EDITION,
@@ -253,6 +265,10 @@ class Prepared:
             "excluded_files": len(self.excluded),
             "risky_files": len(self.risks),
             "changed_elements": sum(r["count"] for r in rows),
+            "risks": [
+                {"file": new.get(rel, "(left out)"), "reasons": reasons}
+                for rel, reasons in self.risks
+            ],
             "changes": rows,
         }
 
