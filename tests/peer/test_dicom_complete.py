@@ -189,18 +189,18 @@ def test_a_series_over_a_thousand_images_is_checked_by_uid(sent: Sent, tmp_path:
     series.mkdir(parents=True)
     ds = pydicom.dcmread(src)
     for i in range(1200):
-        uid = f"1.2.826.0.1.3680043.8.498.777.{i + 1}"
+        uid = UID(f"1.2.826.0.1.3680043.8.498.777.{i + 1}")
         ds.SOPInstanceUID = uid
         ds.file_meta.MediaStorageSOPInstanceUID = uid
         ds.InstanceNumber = i + 1
         ds.save_as(series / f"IM{i:05d}.dcm", enforce_file_format=True)
     paths = _rels(root)
-    summary = summarize((rel, root / rel) for rel in paths)
-    summary = decode_manifest(encode_manifest(Manifest(files=(), summary=summary))).summary
+    sent = summarize((rel, root / rel) for rel in paths)
+    summary: Any = decode_manifest(encode_manifest(Manifest(files=(), summary=sent))).summary
     assert len(summary["studies"][0]["series"][0]["sop_uids"]) == 1200
     assert check_study(summary, root, paths).status == "complete"
     swapped = pydicom.dcmread(series / "IM00007.dcm")
-    swapped.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.777.99999"
+    swapped.SOPInstanceUID = UID("1.2.826.0.1.3680043.8.498.777.99999")
     swapped.file_meta.MediaStorageSOPInstanceUID = swapped.SOPInstanceUID
     swapped.save_as(series / "IM00007.dcm", enforce_file_format=True)
     got = check_study(summary, root, paths)
