@@ -195,8 +195,8 @@ def test_a_series_over_a_thousand_images_is_checked_by_uid(sent: Sent, tmp_path:
         ds.InstanceNumber = i + 1
         ds.save_as(series / f"IM{i:05d}.dcm", enforce_file_format=True)
     paths = _rels(root)
-    sent = summarize((rel, root / rel) for rel in paths)
-    summary: Any = decode_manifest(encode_manifest(Manifest(files=(), summary=sent))).summary
+    made = summarize((rel, root / rel) for rel in paths)
+    summary: Any = decode_manifest(encode_manifest(Manifest(files=(), summary=made))).summary
     assert len(summary["studies"][0]["series"][0]["sop_uids"]) == 1200
     assert check_study(summary, root, paths).status == "complete"
     swapped = pydicom.dcmread(series / "IM00007.dcm")
