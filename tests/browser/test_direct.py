@@ -3,6 +3,7 @@ WebRTC data channel into Debian's chromium; the saved bytes are compared with th
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import zipfile
@@ -50,11 +51,30 @@ def receive_in_page(page: Any, url: str, test: str, limit: float = 240) -> tuple
     return download, page
 
 
+def _watch_traffic(page: Any) -> list[str]:
+    """Everything the page sends: request URLs, headers, bodies and WebSocket frames."""
+    seen: list[str] = []
+
+    def on_request(req: Any) -> None:
+        seen.append(req.url)
+        seen.extend(f"{k}: {v}" for k, v in req.headers.items())
+        seen.append(req.post_data or "")
+
+    def on_ws(ws: Any) -> None:
+        seen.append(ws.url)
+        ws.on("framesent", lambda payload: seen.append(str(payload)))
+
+    page.on("request", on_request)
+    page.on("websocket", on_ws)
+    return seen
+
+
 def test_single_large_file(page_server: Server, phone: Any, tmp_path: Path) -> None:
     src = _random_file(tmp_path / "scan-volume.raw", 48 * 1024 * 1024 + 12345)
     sender, _code = start_send(page_server, [src])
     url = sender.events[0]["url"]
     assert url.startswith(page_server.url + "/r#")
+    traffic = _watch_traffic(phone)
     download, page = receive_in_page(phone, url, "direct-single")
     assert download.suggested_filename == "scan-volume.raw"
     saved = tmp_path / "saved.raw"
@@ -67,6 +87,12 @@ def test_single_large_file(page_server: Server, phone: Any, tmp_path: Path) -> N
     assert done["via"] == "direct" and done["bytes"] == src.stat().st_size
     assert "scan-volume.raw" in page.text_content("#done-files")
     assert page.text_content("#status").startswith("Verified")
+    # the fragment secret never left the page, in any encoding
+    frag = url.split("#", 1)[1]
+    secret = base64.urlsafe_b64decode(frag.split(".", 1)[1] + "=")
+    assert any('"type":"join"' in t for t in traffic)  # the watch did see the signaling
+    for form in (frag.split(".", 1)[1], secret.hex(), base64.b64encode(secret).decode()):
+        assert not any(form in t for t in traffic), form
 
 
 @pytest.fixture(scope="module")
