@@ -105,4 +105,4 @@ def test_heap_stays_flat_over_512_mib(page_server: Server, phone: Any, tmp_path:
     assert max(late) - max(early) < 16 * MiB, samples
     assert peak < 64 * MiB, samples  # never anywhere near the file size
     # and the whole browser (page, service worker, download) does not grow with the file
-    assert max(rss_late) - max(rss_early) < 64 * MiB, rss
+    assert max(rss_late) - max(rss_early) < 128 * MiB, rss  # a buffered file would add 384+
