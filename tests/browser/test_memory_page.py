@@ -66,6 +66,7 @@ def test_heap_stays_flat_over_512_mib(page_server: Server, phone: Any, tmp_path:
         page.click("#accept")
     samples: list[tuple[int, int]] = []  # (bytes received, JS heap used)
     rss: list[tuple[int, int]] = []  # (bytes received, chromium RSS)
+    halfway = False
     marker = f"--unsafely-treat-insecure-origin-as-secure={page_server.url}"
     deadline = time.monotonic() + timeout(600)
     while time.monotonic() < deadline:
@@ -75,6 +76,9 @@ def test_heap_stays_flat_over_512_mib(page_server: Server, phone: Any, tmp_path:
         got = int(page.evaluate("Number(document.body.dataset.bytes || 0)"))
         samples.append((got, int(cdp.send("Runtime.getHeapUsage")["usedSize"])))
         rss.append((got, _chromium_pss(marker)))
+        if got >= SIZE // 2 and not halfway:
+            halfway = True
+            shot(page, "memory-512MiB", "halfway")
         time.sleep(0.5)
     wait_state(page, "done", 30)
     shot(page, "memory-512MiB", "verified")

@@ -139,7 +139,8 @@ class Progress {
     const pct = this.total ? (100 * this.bytes) / this.total : 100;
     $('bar').value = pct;
     $('bar').textContent = `${pct.toFixed(0)} %`;
-    $('progress-text').textContent = `${humanBytes(this.bytes)} of ${humanBytes(this.total)} · ${humanBytes(rate)}/s · ${rate > 0 ? humanTime((this.total - this.bytes) / rate) : '…'} left`;
+    const speed = rate > 0 ? `${humanBytes(rate)}/s · ${humanTime((this.total - this.bytes) / rate)} left` : 'measuring speed…';
+    $('progress-text').textContent = `${humanBytes(this.bytes)} of ${humanBytes(this.total)} · ${speed}`;
     document.body.dataset.bytes = String(this.bytes);
   }
 }
