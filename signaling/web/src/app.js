@@ -231,7 +231,8 @@ function releaseWakeLock() {
 function zipName(manifest) {
   const st = (manifest.summary.studies || [])[0];
   const stamp = new Date().toISOString().slice(0, 10);
-  const base = st ? [st.patient_id, st.study_date, (st.modalities || []).join('-')].filter(Boolean).join('_') : 'files';
+  // no patient name or ID in the file name: it would stay in the browser's download history
+  const base = st ? [st.study_date, (st.modalities || []).join('-')].filter(Boolean).join('_') : 'files';
   return `scanbeam_${base.replace(/[^A-Za-z0-9._-]+/g, '-') || 'files'}_${stamp}.zip`;
 }
 
