@@ -10,6 +10,8 @@ const RELAY_HELD = 8; // relay chunks (1 MiB each) read ahead of the saving side
 const ICE_GATHER_MS = 10000;
 const PAIR_TIMEOUT_MS = 60000;
 const IDLE_TIMEOUT_MS = 60000;
+const CONNECT_TIMEOUT_MS = 45000; // direct connection, after the answer was sent
+const HANDOFF_TIMEOUT_MS = 4 * 3600 * 1000; // waiting for the sender's relay upload (as the CLI)
 
 // ---------------------------------------------------------------- view
 
@@ -300,9 +302,20 @@ async function receiveDirect(fragment) {
   let rx = null;
   let spool = null;
 
-  timers.push(setTimeout(() => {
+  const pairTimer = setTimeout(() => {
     if (!channelOpen && !finished) fail(new P.BeamError('timeout', 'pairing timeout', 'The sender did not answer in time: it may have stopped. Ask for a new link.'));
-  }, PAIR_TIMEOUT_MS));
+  }, PAIR_TIMEOUT_MS);
+  timers.push(pairTimer);
+  let waitingRelay = false;
+  // no direct path: like the CLI, wait (bounded) for the sender's relay link (§4.2)
+  const waitForRelay = () => {
+    if (waitingRelay || channelOpen || finished) return;
+    waitingRelay = true;
+    setState('connecting', 'No direct connection: waiting for the sender to upload the files to the relay…');
+    timers.push(setTimeout(() => {
+      if (!channelOpen && !finished) fail(new P.BeamError('no-path', 'handoff timeout', 'No direct connection to the sender could be opened, and no relay link came.'));
+    }, HANDOFF_TIMEOUT_MS));
+  };
 
   ws.onerror = () => {
     if (!channelOpen) fail(new P.BeamError('unreachable', 'ws error', 'Cannot reach the ScanBeam server. Check the connection and reload.'));
@@ -328,17 +341,21 @@ async function receiveDirect(fragment) {
         const [code, text] = SIGNAL_ERRORS[frame.code] || ['connection', `The ScanBeam server refused the request (${String(frame.code).slice(0, 40)}).`];
         fail(new P.BeamError(code, frame.code, text));
       } else if (frame.type === 'peer-closed' || frame.type === 'peer-gone' || frame.type === 'expired') {
-        if (channelOpen) return;
-        if (frame.mood === 'wrong-code') fail(new P.BeamError('wrong-code', 'wrong code'));
+        if (channelOpen || finished) return;
+        if (waitingRelay || (pc && frame.mood !== 'wrong-code')) fail(new P.BeamError('no-path', frame.type, 'No direct connection to the sender could be opened from this network, and the sender did not use the relay.'));
+        else if (frame.mood === 'wrong-code') fail(new P.BeamError('wrong-code', 'wrong code'));
         else if (frame.type === 'expired') fail(new P.BeamError('unknown-code', 'expired', 'This link expired. Ask the sender for a new one.'));
         else fail(new P.BeamError('peer-gone', frame.type, 'The sender left before the transfer could start.'));
       } else if (frame.type === 'msg' && typeof frame.body === 'string') {
         const msg = hs.receive(frame.body);
         if (!msg) return;
-        if (msg.type === 'offer' && typeof msg.sdp === 'string' && !pc) await answer(msg.sdp);
-        else if (msg.type === 'relay' && typeof msg.url === 'string') {
+        if (msg.type === 'offer' && typeof msg.sdp === 'string' && !pc) {
+          clearTimeout(pairTimer);
+          await answer(msg.sdp);
+        } else if (msg.type === 'relay' && typeof msg.url === 'string') {
           finished = true;
           ws.close();
+          if (pc) pc.close();
           const target = parseDropUrl(msg.url);
           if (!target) throw new P.BeamError('protocol', 'bad relay link');
           await receiveRelay(target.id, target.secret, 'No direct connection opened; the sender uploaded the files to the relay instead.');
@@ -367,7 +384,9 @@ async function receiveDirect(fragment) {
       if (channel.readyState === 'open') onOpen();
     };
     pc.onconnectionstatechange = () => {
-      if (pc.connectionState === 'failed' && !finished) onClose();
+      if (pc.connectionState !== 'failed' || finished) return;
+      if (channelOpen) onClose();
+      else waitForRelay();
     };
     await pc.setRemoteDescription({ type: 'offer', sdp });
     await pc.setLocalDescription(await pc.createAnswer());
@@ -383,9 +402,7 @@ async function receiveDirect(fragment) {
       });
     });
     send(hs.seal({ type: 'answer', sdp: pc.localDescription.sdp }));
-    timers.push(setTimeout(() => {
-      if (!channelOpen && !finished) fail(new P.BeamError('no-path', 'no channel', 'No direct connection to the sender could be opened from this network.'));
-    }, 45000));
+    timers.push(setTimeout(waitForRelay, CONNECT_TIMEOUT_MS));
   }
 
   let progress = null;
