@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -124,3 +125,39 @@ def test_multi_series_study_as_one_zip(
     text = page.text_content("#completeness")
     assert text.startswith("Completeness: complete — 3 series,"), text
     assert page.locator("#done-files li").count() == len(want)
+
+
+def test_ice_servers_from_the_joined_frame(page_server: Server, phone: Any, tmp_path: Path) -> None:
+    """INTERFACES.md 2: the page uses the `ice` list of the `joined` frame. The frame is
+    rewritten on its way to the page (this server hands out none); the STUN server named
+    there does not answer, and the transfer still goes through on host candidates."""
+    host = page_server.url.split("//")[1].split(":")[0]
+    ice = [
+        {"urls": [f"stun:{host}:3478"]},
+        {"urls": [f"turn:{host}:3478?transport=udp"], "username": "1:x", "credential": "c2VjcmV0"},
+        {"urls": "turn:bad", "username": 5},  # no usable credentials: dropped
+        "junk",
+    ]
+
+    def relay_frames(ws: Any) -> None:
+        server = ws.connect_to_server()
+
+        def to_page(message: str | bytes) -> None:
+            if isinstance(message, str) and '"joined"' in message:
+                frame = json.loads(message)
+                frame["ice"] = ice
+                message = json.dumps(frame)
+            ws.send(message)
+
+        server.on_message(to_page)
+        ws.on_message(lambda message: server.send(message))
+
+    phone.route_web_socket("**/v1/signal", relay_frames)
+    src = _random_file(tmp_path / "small.bin", 300_000)
+    sender, _code = start_send(page_server, [src])
+    download, page = receive_in_page(phone, sender.events[0]["url"], "direct-ice")
+    assert page.evaluate("document.body.dataset.iceServers") == "2"
+    saved = tmp_path / "saved.bin"
+    download.save_as(saved)
+    assert _sha(saved) == _sha(src)
+    assert sender.finish() == 0, sender.stderr

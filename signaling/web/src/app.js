@@ -257,6 +257,22 @@ async function startSaving(mode, manifest, spool, { canResume = true } = {}) {
 
 // ---------------------------------------------------------------- direct (WebRTC)
 
+/** ICE servers from the `joined` frame (INTERFACES.md 2), keeping only what a browser takes:
+ * stun/stuns URLs, and turn/turns URLs with a text username and credential. */
+function cleanIce(list) {
+  const out = [];
+  for (const s of list.slice(0, 8)) {
+    if (!s || typeof s !== 'object') continue;
+    const urls = (typeof s.urls === 'string' ? [s.urls] : Array.isArray(s.urls) ? s.urls : [])
+      .filter((u) => typeof u === 'string' && /^(stuns?|turns?):[^\s]+$/.test(u)).slice(0, 8);
+    const creds = typeof s.username === 'string' && typeof s.credential === 'string';
+    const usable = urls.filter((u) => /^stuns?:/.test(u) || creds);
+    if (!usable.length) continue;
+    out.push(creds ? { urls: usable, username: s.username, credential: s.credential } : { urls: usable });
+  }
+  return out;
+}
+
 function wsUrl() {
   return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/signal`;
 }
@@ -335,7 +351,9 @@ async function receiveDirect(fragment) {
     }
     try {
       if (frame.type === 'joined') {
-        if (Array.isArray(frame.ice)) iceServers = frame.ice.filter((s) => s && (typeof s.urls === 'string' || Array.isArray(s.urls)));
+        // ICE servers handed out by the server for this session (INTERFACES.md 2)
+        if (Array.isArray(frame.ice)) iceServers = cleanIce(frame.ice);
+        document.body.dataset.iceServers = String(iceServers.length);
         for (const body of hs.start()) send(body);
       } else if (frame.type === 'error') {
         const [code, text] = SIGNAL_ERRORS[frame.code] || ['connection', `The ScanBeam server refused the request (${String(frame.code).slice(0, 40)}).`];
@@ -373,7 +391,12 @@ async function receiveDirect(fragment) {
 
   async function answer(sdp) {
     setState('connecting', 'Opening a direct connection…');
-    pc = new RTCPeerConnection({ iceServers });
+    try {
+      pc = new RTCPeerConnection({ iceServers });
+    } catch {
+      pc = new RTCPeerConnection({ iceServers: [] }); // a server list the browser refuses
+      document.body.dataset.iceServers = '0';
+    }
     pc.ondatachannel = (ev) => {
       if (ev.channel.label !== 'scanbeam') return;
       channel = ev.channel;
