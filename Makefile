@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck coverage unit bench clean deps-dicom deps-pacs deps-browser deps-net bench-wan
+.PHONY: setup demo test lint typecheck coverage unit bench clean deps-dicom deps-pacs deps-browser deps-net bench-wan bench-browser
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 python3-venv; }
@@ -58,6 +58,9 @@ bench: setup
 # Playwright tests, node + npm, the page's npm packages (package-lock.json) and its build.
 WEB := signaling/web
 deps-browser: $(WEB)/dist/.built
+
+bench-browser: setup deps-browser
+	$(BIN)/python bench/browser.py
 
 $(WEB)/dist/.built: $(WEB)/package.json $(WEB)/package-lock.json $(WEB)/build.mjs $(wildcard $(WEB)/src/*)
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }

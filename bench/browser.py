@@ -7,7 +7,8 @@ Everything runs on this machine: `scanbeam serve` on its own address, the real C
 Debian's chromium (headless, Playwright). Rates are MiB/s of file bytes, from the click on
 Accept to the page's "Verified" state (so they include decrypting, hashing, zstd and writing
 the download). The reference sends 64 KiB messages from aiortc (same backpressure as
-ScanBeam) to a bare RTCPeerConnection in the same browser, no crypto, no disk.
+ScanBeam) to a bare RTCPeerConnection in the same browser, no crypto, no disk; for
+comparison also aiortc -> aiortc (bench/raw_dc.py) in the same run.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.raw_dc import measure as raw_aiortc_mbps  # noqa: E402
 from tests.browser.conftest import CHROMIUM, own_address  # noqa: E402
 from tests.conftest import spawn, start_send, start_server, stop_server  # noqa: E402
 
@@ -90,7 +92,9 @@ def _raw_sender(conn: Any, total: int) -> None:
         await asyncio.wait_for(done.wait(), 600)
         await pc.close()
 
-    asyncio.run(run())
+    import uvloop
+
+    uvloop.run(run())
 
 
 def raw_rate(page: Any, total: int) -> float:
@@ -157,6 +161,8 @@ def main() -> int:
                 ],
             )
             page = browser.new_context(accept_downloads=True).new_page()
+            print("raw aiortc -> aiortc data channel ...", file=sys.stderr)
+            report["raw_aiortc_to_aiortc_mib_s"] = round(raw_aiortc_mbps(size) * 1e6 / MiB, 1)
             print("raw aiortc -> chromium data channel ...", file=sys.stderr)
             report["raw_aiortc_to_chromium_mib_s"] = round(raw_rate(page, size), 1)
             print("page, direct ...", file=sys.stderr)

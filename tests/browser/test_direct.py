@@ -3,7 +3,9 @@ WebRTC data channel into Debian's chromium; the saved bytes are compared with th
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -50,11 +52,30 @@ def receive_in_page(page: Any, url: str, test: str, limit: float = 240) -> tuple
     return download, page
 
 
+def _watch_traffic(page: Any) -> list[str]:
+    """Everything the page sends: request URLs, headers, bodies and WebSocket frames."""
+    seen: list[str] = []
+
+    def on_request(req: Any) -> None:
+        seen.append(req.url)
+        seen.extend(f"{k}: {v}" for k, v in req.headers.items())
+        seen.append(req.post_data or "")
+
+    def on_ws(ws: Any) -> None:
+        seen.append(ws.url)
+        ws.on("framesent", lambda payload: seen.append(str(payload)))
+
+    page.on("request", on_request)
+    page.on("websocket", on_ws)
+    return seen
+
+
 def test_single_large_file(page_server: Server, phone: Any, tmp_path: Path) -> None:
     src = _random_file(tmp_path / "scan-volume.raw", 48 * 1024 * 1024 + 12345)
     sender, _code = start_send(page_server, [src])
     url = sender.events[0]["url"]
     assert url.startswith(page_server.url + "/r#")
+    traffic = _watch_traffic(phone)
     download, page = receive_in_page(phone, url, "direct-single")
     assert download.suggested_filename == "scan-volume.raw"
     saved = tmp_path / "saved.raw"
@@ -67,6 +88,12 @@ def test_single_large_file(page_server: Server, phone: Any, tmp_path: Path) -> N
     assert done["via"] == "direct" and done["bytes"] == src.stat().st_size
     assert "scan-volume.raw" in page.text_content("#done-files")
     assert page.text_content("#status").startswith("Verified")
+    # the fragment secret never left the page, in any encoding
+    frag = url.split("#", 1)[1]
+    secret = base64.urlsafe_b64decode(frag.split(".", 1)[1] + "=")
+    assert any('"type":"join"' in t for t in traffic)  # the watch did see the signaling
+    for form in (frag.split(".", 1)[1], secret.hex(), base64.b64encode(secret).decode()):
+        assert not any(form in t for t in traffic), form
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +125,39 @@ def test_multi_series_study_as_one_zip(
     text = page.text_content("#completeness")
     assert text.startswith("Completeness: complete — 3 series,"), text
     assert page.locator("#done-files li").count() == len(want)
+
+
+def test_ice_servers_from_the_joined_frame(page_server: Server, phone: Any, tmp_path: Path) -> None:
+    """INTERFACES.md 2: the page uses the `ice` list of the `joined` frame. The frame is
+    rewritten on its way to the page (this server hands out none); the STUN server named
+    there does not answer, and the transfer still goes through on host candidates."""
+    host = page_server.url.split("//")[1].split(":")[0]
+    ice = [
+        {"urls": [f"stun:{host}:3478"]},
+        {"urls": [f"turn:{host}:3478?transport=udp"], "username": "1:x", "credential": "c2VjcmV0"},
+        {"urls": "turn:bad", "username": 5},  # no usable credentials: dropped
+        "junk",
+    ]
+
+    def relay_frames(ws: Any) -> None:
+        server = ws.connect_to_server()
+
+        def to_page(message: str | bytes) -> None:
+            if isinstance(message, str) and '"joined"' in message:
+                frame = json.loads(message)
+                frame["ice"] = ice
+                message = json.dumps(frame)
+            ws.send(message)
+
+        server.on_message(to_page)
+        ws.on_message(lambda message: server.send(message))
+
+    phone.route_web_socket("**/v1/signal", relay_frames)
+    src = _random_file(tmp_path / "small.bin", 300_000)
+    sender, _code = start_send(page_server, [src])
+    download, page = receive_in_page(phone, sender.events[0]["url"], "direct-ice")
+    assert page.evaluate("document.body.dataset.iceServers") == "2"
+    saved = tmp_path / "saved.bin"
+    download.save_as(saved)
+    assert _sha(saved) == _sha(src)
+    assert sender.finish() == 0, sender.stderr

@@ -167,3 +167,29 @@ def test_browser_that_cannot_stream_a_download(
         assert "The other side stopped" in sender.event("error")["message"]
     finally:
         context.close()
+
+
+def test_unsafe_name_is_refused(page_server: Server, phone: Any, tmp_path: Path) -> None:
+    evil = subprocess.Popen(
+        [
+            *(sys.executable, str(ROOT / "tests/e2e/evil_sender.py"), "name:../escape.bin"),
+            *(page_server.url, str(_src(tmp_path, 1000))),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    peer = Peer(evil)
+    try:
+        phone.goto(peer.next_event("code")["url"])
+        wait_state(phone, "error")
+        shot(phone, "errors", "unsafe-manifest")
+        assert phone.evaluate("document.body.dataset.error") == "unsafe-manifest"
+        text = phone.text_content("#error-text") or ""
+        assert text.startswith("Refused the offer") and "'..'" in text, text
+        assert peer.finish() == 9  # told by the page's ERROR record
+    finally:
+        if evil.poll() is None:
+            evil.kill()
+        evil.communicate()

@@ -34,3 +34,20 @@ def test_page_follows_the_relay_handoff(page_server: Server, phone: Any, tmp_pat
     assert hashlib.sha256(saved.read_bytes()).digest() == hashlib.sha256(src.read_bytes()).digest()
     sender.finish()
     assert any(e["event"] == "link" for e in sender.events), sender.events
+
+
+def test_no_path_and_no_relay_is_said_plainly(
+    page_server: Server, phone: Any, tmp_path: Path
+) -> None:
+    src = tmp_path / "scan.bin"
+    src.write_bytes(os.urandom(10_000))
+    sender = spawn(
+        ["send", str(src), "--server", page_server.url, "--json", "--turn-only", "--no-relay"],
+        env=cli_env(SCANBEAM_CONNECT_TIMEOUT="3"),
+    )
+    phone.goto(sender.next_event("code")["url"])
+    wait_state(phone, "error", 90)
+    shot(phone, "handoff", "no-path")
+    assert phone.evaluate("document.body.dataset.error") == "no-path"
+    assert "No direct connection" in (phone.text_content("#error-text") or "")
+    assert sender.finish() == 4

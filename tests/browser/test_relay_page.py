@@ -44,6 +44,11 @@ def test_relay_link_with_password(page_server: Server, phone: Any, tmp_path: Pat
     assert link.startswith(page_server.url + "/d/")
 
     page = phone
+    sent: list[str] = []
+    page.on(
+        "request",
+        lambda req: sent.extend([req.url, *req.headers.values(), req.post_data or ""]),
+    )
     page.goto(link)
     wait_state(page, "password")
     shot(page, "relay-password", "1-password")
@@ -71,6 +76,10 @@ def test_relay_link_with_password(page_server: Server, phone: Any, tmp_path: Pat
         }
     assert got == want
     assert page.text_content("#completeness").startswith("Completeness: complete — 2 series")
+    # the link secret and the password never left the page; the derived auth key did
+    frag = link.split("#", 1)[1]
+    assert any(t.startswith("Bearer ") for t in sent)
+    assert not any(frag in t or "correct horse" in t for t in sent)
     # the completion call counted the download: the one allowed download is used up
     status, body = _drop_state(page_server, link)
     assert (status, body["code"]) == (410, "used-up")

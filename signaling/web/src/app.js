@@ -10,6 +10,8 @@ const RELAY_HELD = 8; // relay chunks (1 MiB each) read ahead of the saving side
 const ICE_GATHER_MS = 10000;
 const PAIR_TIMEOUT_MS = 60000;
 const IDLE_TIMEOUT_MS = 60000;
+const CONNECT_TIMEOUT_MS = 45000; // direct connection, after the answer was sent
+const HANDOFF_TIMEOUT_MS = 4 * 3600 * 1000; // waiting for the sender's relay upload (as the CLI)
 
 // ---------------------------------------------------------------- view
 
@@ -139,7 +141,8 @@ class Progress {
     const pct = this.total ? (100 * this.bytes) / this.total : 100;
     $('bar').value = pct;
     $('bar').textContent = `${pct.toFixed(0)} %`;
-    $('progress-text').textContent = `${humanBytes(this.bytes)} of ${humanBytes(this.total)} · ${humanBytes(rate)}/s · ${rate > 0 ? humanTime((this.total - this.bytes) / rate) : '…'} left`;
+    const speed = rate > 0 ? `${humanBytes(rate)}/s · ${humanTime((this.total - this.bytes) / rate)} left` : 'measuring speed…';
+    $('progress-text').textContent = `${humanBytes(this.bytes)} of ${humanBytes(this.total)} · ${speed}`;
     document.body.dataset.bytes = String(this.bytes);
   }
 }
@@ -230,7 +233,8 @@ function releaseWakeLock() {
 function zipName(manifest) {
   const st = (manifest.summary.studies || [])[0];
   const stamp = new Date().toISOString().slice(0, 10);
-  const base = st ? [st.patient_id, st.study_date, (st.modalities || []).join('-')].filter(Boolean).join('_') : 'files';
+  // no patient name or ID in the file name: it would stay in the browser's download history
+  const base = st ? [st.study_date, (st.modalities || []).join('-')].filter(Boolean).join('_') : 'files';
   return `scanbeam_${base.replace(/[^A-Za-z0-9._-]+/g, '-') || 'files'}_${stamp}.zip`;
 }
 
@@ -252,6 +256,22 @@ async function startSaving(mode, manifest, spool, { canResume = true } = {}) {
 }
 
 // ---------------------------------------------------------------- direct (WebRTC)
+
+/** ICE servers from the `joined` frame (INTERFACES.md 2), keeping only what a browser takes:
+ * stun/stuns URLs, and turn/turns URLs with a text username and credential. */
+function cleanIce(list) {
+  const out = [];
+  for (const s of list.slice(0, 8)) {
+    if (!s || typeof s !== 'object') continue;
+    const urls = (typeof s.urls === 'string' ? [s.urls] : Array.isArray(s.urls) ? s.urls : [])
+      .filter((u) => typeof u === 'string' && /^(stuns?|turns?):[^\s]+$/.test(u)).slice(0, 8);
+    const creds = typeof s.username === 'string' && typeof s.credential === 'string';
+    const usable = urls.filter((u) => /^stuns?:/.test(u) || creds);
+    if (!usable.length) continue;
+    out.push(creds ? { urls: usable, username: s.username, credential: s.credential } : { urls: usable });
+  }
+  return out;
+}
 
 function wsUrl() {
   return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/signal`;
@@ -298,9 +318,20 @@ async function receiveDirect(fragment) {
   let rx = null;
   let spool = null;
 
-  timers.push(setTimeout(() => {
+  const pairTimer = setTimeout(() => {
     if (!channelOpen && !finished) fail(new P.BeamError('timeout', 'pairing timeout', 'The sender did not answer in time: it may have stopped. Ask for a new link.'));
-  }, PAIR_TIMEOUT_MS));
+  }, PAIR_TIMEOUT_MS);
+  timers.push(pairTimer);
+  let waitingRelay = false;
+  // no direct path: like the CLI, wait (bounded) for the sender's relay link (§4.2)
+  const waitForRelay = () => {
+    if (waitingRelay || channelOpen || finished) return;
+    waitingRelay = true;
+    setState('connecting', 'No direct connection: waiting for the sender to upload the files to the relay…');
+    timers.push(setTimeout(() => {
+      if (!channelOpen && !finished) fail(new P.BeamError('no-path', 'handoff timeout', 'No direct connection to the sender could be opened, and no relay link came.'));
+    }, HANDOFF_TIMEOUT_MS));
+  };
 
   ws.onerror = () => {
     if (!channelOpen) fail(new P.BeamError('unreachable', 'ws error', 'Cannot reach the ScanBeam server. Check the connection and reload.'));
@@ -320,23 +351,29 @@ async function receiveDirect(fragment) {
     }
     try {
       if (frame.type === 'joined') {
-        if (Array.isArray(frame.ice)) iceServers = frame.ice.filter((s) => s && (typeof s.urls === 'string' || Array.isArray(s.urls)));
+        // ICE servers handed out by the server for this session (INTERFACES.md 2)
+        if (Array.isArray(frame.ice)) iceServers = cleanIce(frame.ice);
+        document.body.dataset.iceServers = String(iceServers.length);
         for (const body of hs.start()) send(body);
       } else if (frame.type === 'error') {
         const [code, text] = SIGNAL_ERRORS[frame.code] || ['connection', `The ScanBeam server refused the request (${String(frame.code).slice(0, 40)}).`];
         fail(new P.BeamError(code, frame.code, text));
       } else if (frame.type === 'peer-closed' || frame.type === 'peer-gone' || frame.type === 'expired') {
-        if (channelOpen) return;
-        if (frame.mood === 'wrong-code') fail(new P.BeamError('wrong-code', 'wrong code'));
+        if (channelOpen || finished) return;
+        if (waitingRelay || (pc && frame.mood !== 'wrong-code')) fail(new P.BeamError('no-path', frame.type, 'No direct connection to the sender could be opened from this network, and the sender did not use the relay.'));
+        else if (frame.mood === 'wrong-code') fail(new P.BeamError('wrong-code', 'wrong code'));
         else if (frame.type === 'expired') fail(new P.BeamError('unknown-code', 'expired', 'This link expired. Ask the sender for a new one.'));
         else fail(new P.BeamError('peer-gone', frame.type, 'The sender left before the transfer could start.'));
       } else if (frame.type === 'msg' && typeof frame.body === 'string') {
         const msg = hs.receive(frame.body);
         if (!msg) return;
-        if (msg.type === 'offer' && typeof msg.sdp === 'string' && !pc) await answer(msg.sdp);
-        else if (msg.type === 'relay' && typeof msg.url === 'string') {
+        if (msg.type === 'offer' && typeof msg.sdp === 'string' && !pc) {
+          clearTimeout(pairTimer);
+          await answer(msg.sdp);
+        } else if (msg.type === 'relay' && typeof msg.url === 'string') {
           finished = true;
           ws.close();
+          if (pc) pc.close();
           const target = parseDropUrl(msg.url);
           if (!target) throw new P.BeamError('protocol', 'bad relay link');
           await receiveRelay(target.id, target.secret, 'No direct connection opened; the sender uploaded the files to the relay instead.');
@@ -354,7 +391,12 @@ async function receiveDirect(fragment) {
 
   async function answer(sdp) {
     setState('connecting', 'Opening a direct connection…');
-    pc = new RTCPeerConnection({ iceServers });
+    try {
+      pc = new RTCPeerConnection({ iceServers });
+    } catch {
+      pc = new RTCPeerConnection({ iceServers: [] }); // a server list the browser refuses
+      document.body.dataset.iceServers = '0';
+    }
     pc.ondatachannel = (ev) => {
       if (ev.channel.label !== 'scanbeam') return;
       channel = ev.channel;
@@ -365,7 +407,9 @@ async function receiveDirect(fragment) {
       if (channel.readyState === 'open') onOpen();
     };
     pc.onconnectionstatechange = () => {
-      if (pc.connectionState === 'failed' && !finished) onClose();
+      if (pc.connectionState !== 'failed' || finished) return;
+      if (channelOpen) onClose();
+      else waitForRelay();
     };
     await pc.setRemoteDescription({ type: 'offer', sdp });
     await pc.setLocalDescription(await pc.createAnswer());
@@ -381,9 +425,7 @@ async function receiveDirect(fragment) {
       });
     });
     send(hs.seal({ type: 'answer', sdp: pc.localDescription.sdp }));
-    timers.push(setTimeout(() => {
-      if (!channelOpen && !finished) fail(new P.BeamError('no-path', 'no channel', 'No direct connection to the sender could be opened from this network.'));
-    }, 45000));
+    timers.push(setTimeout(waitForRelay, CONNECT_TIMEOUT_MS));
   }
 
   let progress = null;
