@@ -469,3 +469,7 @@ def _close_all() -> None:
     for lab in list(_LIVE):
         with contextlib.suppress(Exception):
             lab.close()
+
+
+if __name__ == "__main__":  # python -m tests.netlab.lab: remove namespaces of dead runs
+    print("\n".join(sweep_stale()) or "nothing stale")
