@@ -108,7 +108,9 @@ def run_scanbeam(lab: Lab, url: str, study: Path, total: int, limit: float) -> R
             if not line.startswith("{"):
                 continue
             ev = json.loads(line)
-            if ev["event"] == "progress":
+            if ev["event"] == "connected":
+                state["via"] = str(ev["via"])
+            elif ev["event"] == "progress":
                 state["moved"] = int(ev["bytes"])
             elif ev["event"] == "done":
                 state.update(moved=int(ev["bytes"]), done=True, via=str(ev["via"]))
@@ -245,7 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=float, default=1200.0, help="seconds per tool and row")
     ap.add_argument("--tools", default="scanbeam,wormhole,tcp")
     ap.add_argument("--out", type=Path, default=HERE / "out" / "wan.json")
+    ap.add_argument("--table", type=Path, help="only print the table of a saved --out file")
     args = ap.parse_args(argv)
+    if args.table:
+        saved = json.loads(args.table.read_text())
+        tools = [r["tool"] for r in saved["rows"][0]["results"]]
+        _table(saved["rows"], tools, saved["bytes"])
+        return 0
     if not (WORMHOLE_BIN / "wormhole").exists():
         print("magic-wormhole is not installed: run `make bench-wan`", file=sys.stderr)
         return 2
@@ -298,7 +306,11 @@ def main(argv: list[str] | None = None) -> int:
 def _ratio(a: Result | None, b: Result | None) -> str:
     if a is None or b is None or not b.finished:
         return "n/a"
-    return f"{a.seconds / b.seconds:.2f}" + ("" if a.finished else " (at least)")
+    if a.finished:
+        return f"{a.seconds / b.seconds:.2f}"
+    if a.moved <= 0:
+        return f"> {a.seconds / b.seconds:.1f}"
+    return f"> {a.seconds / b.seconds:.1f} (est. {a.seconds * a.total / a.moved / b.seconds:.1f})"
 
 
 def _table(rows: list[dict[str, Any]], tools: list[str], total: int) -> None:

@@ -97,7 +97,7 @@ def test_loss_drops_the_configured_share_each_way() -> None:
 
 
 def test_rate_limits_tcp_throughput() -> None:
-    for mbit in (20, 80):
+    for mbit in (20, 80, 400):
         with Lab(wan=Wan(rtt_ms=10, rate_mbit=mbit)) as lab:
             rate = _tcp_rate(lab, mbit * 1_000_000 // 8 * 3)  # about 3 s of data
             wire = mbit * 1_000_000 / 8

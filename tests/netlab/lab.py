@@ -104,7 +104,7 @@ def _run(argv: Sequence[str], *, check: bool = True, timeout: float = 30.0) -> s
 
 
 def sweep_stale() -> list[str]:
-    """Delete namespaces named by this module whose creating process is gone."""
+    """Delete namespaces (and temporary folders) of runs whose creating process is gone."""
     removed = []
     for line in _run(["ip", "netns", "list"]).splitlines():
         name = line.split()[0] if line.strip() else ""
@@ -118,6 +118,11 @@ def sweep_stale() -> list[str]:
             _kill_ns_processes(name)
             _run(["ip", "netns", "del", name], check=False)
             removed.append(name)
+    for folder in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
+        pid_text = folder.name[len(PREFIX) :].split("-", 1)[0]
+        if pid_text.isdigit() and not Path(f"/proc/{pid_text}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(str(folder))
     return removed
 
 
@@ -469,3 +474,7 @@ def _close_all() -> None:
     for lab in list(_LIVE):
         with contextlib.suppress(Exception):
             lab.close()
+
+
+if __name__ == "__main__":  # python -m tests.netlab.lab: remove namespaces of dead runs
+    print("\n".join(sweep_stale()) or "nothing stale")
