@@ -48,6 +48,13 @@ def _duration(text: str) -> float:
     return value
 
 
+def _duration_or_zero(text: str) -> float:
+    """Like :func:`_duration`, and ``0`` (never)."""
+    if text.strip() in ("0", "0s"):
+        return 0.0
+    return _duration(text)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scanbeam",
@@ -89,7 +96,7 @@ def _build_parser() -> argparse.ArgumentParser:
         )
         sp.add_argument(
             "--reconnect",
-            type=_duration,
+            type=_duration_or_zero,
             default=None,
             metavar="DURATION",
             help="after a dropped connection, try to reconnect this long (default 5m; 0 = never)",

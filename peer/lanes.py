@@ -45,6 +45,7 @@ from peer.proto.paths import (
     marker,
     proof,
 )
+from peer.proto.records import RecordType
 from peer.rtc import RtcLink
 
 __all__ = [
@@ -73,6 +74,7 @@ SWITCH_RATIO = 1.3  # a probed lane keeps the transfer only when this much faste
 EARLY_RATIO = 2.0  # a probe ends early when the lane is this much slower than the baseline
 REPROBE_SECONDS = 20.0  # a slower lane is probed again after this long
 AUTH_TIMEOUT = 5.0  # a TCP lane's proofs must be done within this
+DEATH_GRACE = 1.0  # seconds the sender still listens on other lanes after its lane closed
 TCP_HIGH_WATER = 1 << 20  # bytes queued on a TCP or pipe lane before drain() waits
 
 
@@ -176,6 +178,8 @@ class TcpLane(Lane):
             pass
         finally:
             self._die()
+            if self._reader.at_eof():
+                self._writer.close()  # the peer ended its side: end ours
 
     def send(self, data: bytes) -> None:
         if self.dead or self._writer.is_closing():
@@ -193,9 +197,16 @@ class TcpLane(Lane):
             raise PeerGone("tcp lane closed while sending") from None
 
     async def flush_and_close(self, within: float) -> None:
+        """Send what is queued, then end our side and wait (bounded) for the peer to end
+        its side: closing at once with unread data would reset the connection and could
+        destroy our last records in the peer's buffers."""
         with contextlib.suppress(Exception):
             async with asyncio.timeout(within):
                 await self._writer.drain()
+                if self._writer.can_write_eof():
+                    self._writer.write_eof()
+                if self._task is not None:
+                    await asyncio.shield(self._task)
         await self.close()
 
     async def close(self) -> None:
@@ -567,8 +578,12 @@ class SenderLanes(_Mux):
 
     def lane_dead(self, lane: Lane) -> None:
         log.info("lane closed: %s", lane.name)
-        if lane is self.current or all(x.dead for x in self.lanes):
+        if all(x.dead for x in self.lanes):
             self._fail(PeerGone(f"{lane.name} lane closed"))
+        elif lane is self.current:
+            # the receiver's last words (an ERROR) may still be on another lane
+            loop = asyncio.get_running_loop()
+            loop.call_later(DEATH_GRACE, self._fail, PeerGone(f"{lane.name} lane closed"))
 
     def move_to(self, lane: Lane) -> None:
         """Carry the rest of the transfer on ``lane`` (an added, live lane)."""
@@ -704,7 +719,15 @@ class ReceiverLanes(_Mux):
         return lane
 
     def send(self, data: bytes) -> None:
-        self._reply().send(data)
+        lane = self._reply()
+        lane.send(data)
+        if len(data) > 1 and data[1] == RecordType.ERROR:
+            # the sender may be reading another lane; it must learn why before the lanes
+            # close (the copies are ignored: its core has stopped)
+            for other in self.lanes:
+                if other is not lane and not other.dead:
+                    with contextlib.suppress(PeerGone):
+                        other.send(data)
 
     async def drain(self) -> None:
         await self._reply().drain()
