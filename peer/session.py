@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from peer.dicom.summary import format_summary, summarize
 from peer.errors import (
     BeamError,
+    CancelledByUser,
     ConnectionFailed,
     DeclinedError,
     LocalProtocolError,
@@ -525,6 +526,19 @@ def _build_manifest(sources: Sequence[SourceFile]) -> Manifest:
     return Manifest(files=files, summary=summary)
 
 
+async def _tell_cancelled(
+    machine: tx.Sender | rx.Receiver,
+    flush: Callable[[], None],
+    link: RtcLink | SenderLanes | ReceiverLanes,
+) -> None:
+    """Ctrl-C: tell the peer (ERROR ``cancelled``, bounded) so it stops instead of waiting
+    for a reconnection."""
+    with contextlib.suppress(BaseException):
+        machine.fail(CancelledByUser("cancelled"))
+        flush()
+        await link.flush_and_close(1.0)
+
+
 async def _recv(link: RtcLink | SenderLanes | ReceiverLanes, idle: float | None) -> bytes:
     data = link.recv_nowait()  # fast path: no timer or task per message
     if data is not None:
@@ -647,6 +661,9 @@ async def _send_over(
         with contextlib.suppress(BeamError):
             flush()
             await link.flush_and_close(2.0)
+        raise
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        await _tell_cancelled(machine, flush, link)
         raise
     finally:
         pump_task.cancel()
@@ -890,9 +907,11 @@ async def _receive_over(
             flush()  # the ERROR record tells the sender why
             await link.flush_and_close(2.0)
         raise
-    except BaseException:
+    except BaseException as exc:
         if dest is not None and not finished:
             await loop.run_in_executor(None, dest.save)
+        if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt) and not finished:
+            await _tell_cancelled(machine, flush, link)
         raise
     assert machine.manifest is not None
     if progress is not None:
@@ -1177,6 +1196,10 @@ async def _rejoin(
         pairing = _Pairing(client, hs, settings)
         try:
             paired = await pairing.run()
+        except SignalingError as exc:
+            with contextlib.suppress(Exception):
+                await client.close("error")
+            raise _signal_error(exc, server) from None  # the next round tries again
         except BaseException:
             with contextlib.suppress(Exception):
                 await client.close("error")
