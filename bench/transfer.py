@@ -13,7 +13,8 @@ These rows pin the data channel (``--no-tcp-lane --no-pipe``) so the ratio to ra
 its meaning. The path comparison (protocol v2, docs/protocol.md §10) then sends the same
 incompressible file in the same run over: the data channel only; the relay pipe only
 (``--turn-only --no-tcp-lane``: ICE cannot connect without TURN, no TCP lane); every path
-(the default: the session measures and moves to the fastest; shares reported); and a plain
+(the default: the session measures and moves to the fastest; shares reported); the TCP
+lane and the data channel (``--no-pipe``; the data channel cannot be turned off); and a plain
 TCP copy of the file (Python sockets, same address, written to disk) as the reference.
 """
 
@@ -161,6 +162,7 @@ def lanes(url: str, src: Path, work: Path) -> dict[str, Any]:
     for name, extra in (
         ("data_channel", DC_ONLY),
         ("relay_pipe", ("--turn-only", "--no-tcp-lane")),
+        ("tcp_lane_and_dc", ("--no-pipe",)),
         ("all_paths", ()),
     ):
         print(f"ScanBeam paths: {name} ...", file=sys.stderr)

@@ -73,6 +73,7 @@ MIN_PROBE_SECONDS = 0.25  # but never shorter than this
 SWITCH_RATIO = 1.3  # a probed lane keeps the transfer only when this much faster
 EARLY_RATIO = 2.0  # a probe ends early when the lane is this much slower than the baseline
 REPROBE_SECONDS = 20.0  # a slower lane is probed again after this long
+RECHECK_SECONDS = 3.0  # ... but after its first loss only this long (measurements are noisy)
 AUTH_TIMEOUT = 5.0  # a TCP lane's proofs must be done within this
 DEATH_GRACE = 1.0  # seconds the sender still listens on other lanes after its lane closed
 TCP_HIGH_WATER = 1 << 20  # bytes queued on a TCP or pipe lane before drain() waits
@@ -475,6 +476,7 @@ class _Meter:
     sent: int = 0
     rate: float = 0.0
     probed: float | None = None
+    losses: int = 0  # comparisons lost in a row
 
 
 class _Mux(LaneSink):
@@ -641,6 +643,7 @@ class SenderLanes(_Mux):
         if base is not None:
             self._baseline = None
             if not base.dead and meter.rate < SWITCH_RATIO * self._meters[base].rate:
+                meter.losses += 1
                 log.info(
                     "%s: %.1f MB/s, %s: %.1f MB/s: going back",
                     lane.name,
@@ -649,12 +652,17 @@ class SenderLanes(_Mux):
                     self._meters[base].rate / 1e6,
                 )
                 self._use(base)
+            else:
+                meter.losses = 0
+                self._meters[base].losses += 1
+                self._meters[base].probed = now
             return
         for other in self.lanes:
             if other is lane or other.dead:
                 continue
             m = self._meters[other]
-            if m.probed is None or now - m.probed > REPROBE_SECONDS:
+            wait = RECHECK_SECONDS if m.losses < 2 else REPROBE_SECONDS
+            if m.probed is None or now - m.probed > wait:
                 m.probed = now
                 self._baseline = lane
                 self._use(other)
