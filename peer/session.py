@@ -1033,11 +1033,14 @@ class _Round:
         self.tcp: TcpLanes | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.ready = asyncio.Event()
+        self.direct = asyncio.Event()  # a lane that does not go through the server
 
     def add(self, lane: Any) -> None:
         self.mux.add(lane)
         if self.mux.lanes:
             self.ready.set()
+        if any(x.name != "pipe" for x in self.mux.lanes):
+            self.direct.set()
 
     async def close(self) -> None:
         for task in self.tasks:
@@ -1151,11 +1154,21 @@ async def _establish(
                 user_message="No connection could be made between the two computers "
                 f"within {settings.connect_timeout:.0f} s.",
             )
-        on_event(Connected(mux.lanes[0].name))
+        if not rnd.direct.is_set():  # prefer a direct path to the server's bandwidth
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PIPE_GRACE):
+                    await rnd.direct.wait()
+        direct = next((x for x in mux.lanes if x.name != "pipe" and not x.dead), None)
+        if isinstance(mux, SenderLanes) and direct is not None:
+            mux.move_to(direct)  # before any record: the pipe only carried START(0)
+        on_event(Connected((direct or mux.lanes[0]).name))
         return rnd
     except BaseException:
         await rnd.close()
         raise
+
+
+PIPE_GRACE = 2.0  # seconds a transfer waits for a direct path when the relay pipe came first
 
 
 def _retryable(exc: BaseException) -> bool:
