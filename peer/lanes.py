@@ -75,6 +75,7 @@ EARLY_RATIO = 2.0  # a probe ends early when the lane is this much slower than t
 REPROBE_SECONDS = 20.0  # a slower lane is probed again after this long
 RECHECK_SECONDS = 3.0  # ... but after its first loss only this long (measurements are noisy)
 AUTH_TIMEOUT = 5.0  # a TCP lane's proofs must be done within this
+MAX_HANDSHAKES = 16  # inbound TCP lane handshakes in progress at once
 DEATH_GRACE = 1.0  # seconds the sender still listens on other lanes after its lane closed
 TCP_HIGH_WATER = 1 << 20  # bytes queued on a TCP or pipe lane before drain() waits
 
@@ -255,6 +256,7 @@ class TcpLanes:
         self._on_lane = on_lane
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._handshakes = 0
         self.rejected = 0
 
     async def listen(self, addresses: Sequence[str] | None = None) -> list[list[Any]]:
@@ -295,6 +297,16 @@ class TcpLanes:
         task.add_done_callback(self._tasks.discard)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._handshakes >= MAX_HANDSHAKES:  # someone floods the port: refuse at once
+            await self._reject(writer, "inbound, too many at once")
+            return
+        self._handshakes += 1
+        try:
+            await self._accept_one(reader, writer)
+        finally:
+            self._handshakes -= 1
+
+    async def _accept_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(AUTH_TIMEOUT):
                 hello = await reader.readexactly(len(LANE_MAGIC) + NONCE_SIZE)
