@@ -1,5 +1,8 @@
 """Moving to the fastest path under emulated loss (issue 7, docs/protocol.md §10.2).
 
+The lab is imported inside the tests: it lives on the `netlab` branch; on `paths` alone
+these tests fail loudly (ModuleNotFoundError) until both are merged.
+
 Needs the network lab (tests/netlab, branch `netlab`): two LANs behind endpoint-independent
 NATs (no TCP lane can cross them), `scanbeam serve` on the public segment, and a long lossy
 WAN, where aiortc's data channel collapses while TCP through the server's relay pipe keeps
@@ -12,11 +15,12 @@ import os
 from pathlib import Path
 
 from tests.conftest import sha_tree
-from tests.net.conftest import transfer
-from tests.netlab.lab import Lab, Wan
 
 
 def test_path_move_under_emulated_loss(tmp_path: Path) -> None:
+    from tests.net.conftest import transfer
+    from tests.netlab.lab import Lab, Wan
+
     study = tmp_path / "scan"
     study.mkdir()
     with open(study / "series.bin", "wb") as fh:  # big enough for several measurements
@@ -47,6 +51,7 @@ def test_interface_down_mid_transfer_resumes_by_itself(tmp_path: Path) -> None:
     import time
 
     from tests.net.conftest import start_peer
+    from tests.netlab.lab import Lab, Wan
 
     study = tmp_path / "scan"
     study.mkdir()
