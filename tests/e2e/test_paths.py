@@ -143,20 +143,28 @@ def _kill_tcp_lanes(pid: int) -> int:
 
 
 def test_tcp_lane_killed_mid_transfer_resumes_by_itself(server: Server, tmp_path: Path) -> None:
+    """The TCP lane's sockets are reset (ss -K) while it carries the data. Usually the lane
+    was carrying the transfer: both sides meet again (a new round) and continue from what
+    was verified. If the sender was probing the data channel at that instant, the transfer
+    simply stays there. Either way it ends by itself, verified."""
     src = _src(tmp_path, 600 << 20)
     sender, code = start_send(server, [src], "--no-pipe")
     rcv = receive(server, code, tmp_path / "out", "--yes", "--no-pipe")
     _progress_until(sender, 30 << 20, via="tcp")
     assert _kill_tcp_lanes(sender.proc.pid) >= 1
-    assert rcv.finish(180) == 0, rcv.stderr
+    assert rcv.finish(300) == 0, rcv.stderr
     assert sender.finish(60) == 0, sender.stderr
     assert sha_tree(tmp_path / "out" / "src") == sha_tree(src)
-    for peer in (sender, rcv):
-        done = peer.event("done")
-        assert done["rounds"] == 1, done
-        assert peer.event("reconnecting")["reason"] == "peer-gone"
-    offers = [e for e in rcv.events if e["event"] == "offer"]
-    assert len(offers) == 2 and offers[1]["held"] > 0
+    done = rcv.event("done")
+    assert sender.event("done")["rounds"] == done["rounds"] <= 1
+    if done["rounds"] == 1:
+        for peer in (sender, rcv):
+            assert peer.event("reconnecting")["reason"] in ("peer-gone", "timeout")
+        offers = [e for e in rcv.events if e["event"] == "offer"]
+        assert len(offers) == 2 and offers[1]["held"] > 0
+    else:  # the rest went over the data channel
+        assert {p["via"] for p in done["paths"]} == {"tcp", "direct"}
+        assert "reconnecting" not in {e["event"] for e in rcv.events}
 
 
 @pytest.mark.parametrize("flag", ["--no-tcp-lane", "--no-pipe", "--reconnect"])
