@@ -49,6 +49,13 @@ def _duration(text: str) -> float:
     return value
 
 
+def _duration_or_zero(text: str) -> float:
+    """Like :func:`_duration`, and ``0`` (never)."""
+    if text.strip() in ("0", "0s"):
+        return 0.0
+    return _duration(text)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scanbeam",
@@ -107,7 +114,7 @@ def _build_parser() -> argparse.ArgumentParser:
         )
         sp.add_argument(
             "--reconnect",
-            type=_duration,
+            type=_duration_or_zero,
             default=None,
             metavar="DURATION",
             help="after a dropped connection, try to reconnect this long (default 5m; 0 = never)",
@@ -353,7 +360,7 @@ def _on_event_common(out: _Out, ev: object) -> None:
         out.progress(ev.bytes, ev.total, ev.rate, ev.via)
     elif isinstance(ev, session.PathMoved):
         out.event("moved", old=ev.old, new=ev.new)
-        out.line(f"Moved the transfer from {ev.old} to the faster {ev.new} path.")
+        out.line(f"Now sending over {ev.new} (was {ev.old}): measuring which path is faster.")
     elif isinstance(ev, session.Reconnecting):
         out.event("reconnecting", attempt=ev.attempt, reason=ev.reason, left=round(ev.until, 1))
         out.line(
@@ -364,6 +371,16 @@ def _on_event_common(out: _Out, ev: object) -> None:
 
 def _paths(done: session.Done) -> list[dict[str, Any]]:
     return [{"via": name, "bytes": n} for name, n in done.paths]
+
+
+def _path_line(done: session.Done) -> str:
+    """``Paths: tcp 91 %, direct 9 %; reconnected once.``"""
+    total = sum(n for _, n in done.paths) or 1
+    shares = ", ".join(f"{name} {round(100 * n / total)} %" for name, n in done.paths)
+    line = f"Paths: {shares}" if shares else "Paths: none"
+    if done.rounds:
+        line += "; reconnected " + ("once" if done.rounds == 1 else f"{done.rounds} times")
+    return line + "."
 
 
 def _run_send(args: argparse.Namespace, settings: Settings, out: _Out) -> int:
@@ -394,6 +411,8 @@ def _run_send(args: argparse.Namespace, settings: Settings, out: _Out) -> int:
                 rounds=ev.rounds,
             )
             rate = ev.sent_bytes / ev.seconds if ev.seconds > 0 else 0.0
+            if len(ev.paths) > 1 or ev.rounds:
+                out.line(_path_line(ev))
             out.line(
                 f"Sent {ev.files} files ({human_bytes(ev.bytes)}) {ev.via} in "
                 f"{human_duration(ev.seconds)} at {human_rate(rate)}; "
@@ -537,6 +556,8 @@ def _run_receive(args: argparse.Namespace, settings: Settings, out: _Out) -> int
                 completeness=ev.completeness,
             )
             rate = ev.sent_bytes / ev.seconds if ev.seconds > 0 else 0.0
+            if len(ev.paths) > 1 or ev.rounds:
+                out.line(_path_line(ev))
             out.line(
                 f"Received {ev.files} files ({human_bytes(ev.bytes)}) {ev.via} in "
                 f"{human_duration(ev.seconds)} at {human_rate(rate)}; every file verified "

@@ -45,6 +45,7 @@ from peer.proto.paths import (
     marker,
     proof,
 )
+from peer.proto.records import RecordType
 from peer.rtc import RtcLink
 
 __all__ = [
@@ -72,7 +73,10 @@ MIN_PROBE_SECONDS = 0.25  # but never shorter than this
 SWITCH_RATIO = 1.3  # a probed lane keeps the transfer only when this much faster
 EARLY_RATIO = 2.0  # a probe ends early when the lane is this much slower than the baseline
 REPROBE_SECONDS = 20.0  # a slower lane is probed again after this long
+RECHECK_SECONDS = 3.0  # ... but after its first loss only this long (measurements are noisy)
 AUTH_TIMEOUT = 5.0  # a TCP lane's proofs must be done within this
+MAX_HANDSHAKES = 16  # inbound TCP lane handshakes in progress at once
+DEATH_GRACE = 1.0  # seconds the sender still listens on other lanes after its lane closed
 TCP_HIGH_WATER = 1 << 20  # bytes queued on a TCP or pipe lane before drain() waits
 
 
@@ -176,6 +180,8 @@ class TcpLane(Lane):
             pass
         finally:
             self._die()
+            if self._reader.at_eof():
+                self._writer.close()  # the peer ended its side: end ours
 
     def send(self, data: bytes) -> None:
         if self.dead or self._writer.is_closing():
@@ -193,9 +199,16 @@ class TcpLane(Lane):
             raise PeerGone("tcp lane closed while sending") from None
 
     async def flush_and_close(self, within: float) -> None:
+        """Send what is queued, then end our side and wait (bounded) for the peer to end
+        its side: closing at once with unread data would reset the connection and could
+        destroy our last records in the peer's buffers."""
         with contextlib.suppress(Exception):
             async with asyncio.timeout(within):
                 await self._writer.drain()
+                if self._writer.can_write_eof():
+                    self._writer.write_eof()
+                if self._task is not None:
+                    await asyncio.shield(self._task)
         await self.close()
 
     async def close(self) -> None:
@@ -243,6 +256,7 @@ class TcpLanes:
         self._on_lane = on_lane
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._handshakes = 0
         self.rejected = 0
 
     async def listen(self, addresses: Sequence[str] | None = None) -> list[list[Any]]:
@@ -283,6 +297,16 @@ class TcpLanes:
         task.add_done_callback(self._tasks.discard)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._handshakes >= MAX_HANDSHAKES:  # someone floods the port: refuse at once
+            await self._reject(writer, "inbound, too many at once")
+            return
+        self._handshakes += 1
+        try:
+            await self._accept_one(reader, writer)
+        finally:
+            self._handshakes -= 1
+
+    async def _accept_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(AUTH_TIMEOUT):
                 hello = await reader.readexactly(len(LANE_MAGIC) + NONCE_SIZE)
@@ -464,6 +488,7 @@ class _Meter:
     sent: int = 0
     rate: float = 0.0
     probed: float | None = None
+    losses: int = 0  # comparisons lost in a row
 
 
 class _Mux(LaneSink):
@@ -567,8 +592,12 @@ class SenderLanes(_Mux):
 
     def lane_dead(self, lane: Lane) -> None:
         log.info("lane closed: %s", lane.name)
-        if lane is self.current or all(x.dead for x in self.lanes):
+        if all(x.dead for x in self.lanes):
             self._fail(PeerGone(f"{lane.name} lane closed"))
+        elif lane is self.current:
+            # the receiver's last words (an ERROR) may still be on another lane
+            loop = asyncio.get_running_loop()
+            loop.call_later(DEATH_GRACE, self._fail, PeerGone(f"{lane.name} lane closed"))
 
     def move_to(self, lane: Lane) -> None:
         """Carry the rest of the transfer on ``lane`` (an added, live lane)."""
@@ -626,6 +655,7 @@ class SenderLanes(_Mux):
         if base is not None:
             self._baseline = None
             if not base.dead and meter.rate < SWITCH_RATIO * self._meters[base].rate:
+                meter.losses += 1
                 log.info(
                     "%s: %.1f MB/s, %s: %.1f MB/s: going back",
                     lane.name,
@@ -634,12 +664,17 @@ class SenderLanes(_Mux):
                     self._meters[base].rate / 1e6,
                 )
                 self._use(base)
+            else:
+                meter.losses = 0
+                self._meters[base].losses += 1
+                self._meters[base].probed = now
             return
         for other in self.lanes:
             if other is lane or other.dead:
                 continue
             m = self._meters[other]
-            if m.probed is None or now - m.probed > REPROBE_SECONDS:
+            wait = RECHECK_SECONDS if m.losses < 2 else REPROBE_SECONDS
+            if m.probed is None or now - m.probed > wait:
                 m.probed = now
                 self._baseline = lane
                 self._use(other)
@@ -704,7 +739,15 @@ class ReceiverLanes(_Mux):
         return lane
 
     def send(self, data: bytes) -> None:
-        self._reply().send(data)
+        lane = self._reply()
+        lane.send(data)
+        if len(data) > 1 and data[1] == RecordType.ERROR:
+            # the sender may be reading another lane; it must learn why before the lanes
+            # close (the copies are ignored: its core has stopped)
+            for other in self.lanes:
+                if other is not lane and not other.dead:
+                    with contextlib.suppress(PeerGone):
+                        other.send(data)
 
     async def drain(self) -> None:
         await self._reply().drain()

@@ -25,6 +25,7 @@ from peer.dicom.complete import format_completeness
 from peer.dicom.summary import format_summary, summarize
 from peer.errors import (
     BeamError,
+    CancelledByUser,
     ConnectionFailed,
     DeclinedError,
     LocalProtocolError,
@@ -599,6 +600,19 @@ def build_previews(
     return tuple(dataclasses.replace(p, series=remap(p.series)) for p in previews)
 
 
+async def _tell_cancelled(
+    machine: tx.Sender | rx.Receiver,
+    flush: Callable[[], None],
+    link: RtcLink | SenderLanes | ReceiverLanes,
+) -> None:
+    """Ctrl-C: tell the peer (ERROR ``cancelled``, bounded) so it stops instead of waiting
+    for a reconnection."""
+    with contextlib.suppress(BaseException):
+        machine.fail(CancelledByUser("cancelled"))
+        flush()
+        await link.flush_and_close(1.0)
+
+
 async def _recv(link: RtcLink | SenderLanes | ReceiverLanes, idle: float | None) -> bytes:
     data = link.recv_nowait()  # fast path: no timer or task per message
     if data is not None:
@@ -721,6 +735,9 @@ async def _send_over(
         with contextlib.suppress(BeamError):
             flush()
             await link.flush_and_close(2.0)
+        raise
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        await _tell_cancelled(machine, flush, link)
         raise
     finally:
         pump_task.cancel()
@@ -965,9 +982,11 @@ async def _receive_over(
             flush()  # the ERROR record tells the sender why
             await link.flush_and_close(2.0)
         raise
-    except BaseException:
+    except BaseException as exc:
         if dest is not None and not finished:
             await loop.run_in_executor(None, dest.save)
+        if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt) and not finished:
+            await _tell_cancelled(machine, flush, link)
         raise
     assert machine.manifest is not None
     if progress is not None:
@@ -1098,11 +1117,14 @@ class _Round:
         self.tcp: TcpLanes | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.ready = asyncio.Event()
+        self.direct = asyncio.Event()  # a lane that does not go through the server
 
     def add(self, lane: Any) -> None:
         self.mux.add(lane)
         if self.mux.lanes:
             self.ready.set()
+        if any(x.name != "pipe" for x in self.mux.lanes):
+            self.direct.set()
 
     async def close(self) -> None:
         for task in self.tasks:
@@ -1218,11 +1240,21 @@ async def _establish(
                 user_message="No connection could be made between the two computers "
                 f"within {settings.connect_timeout:.0f} s.",
             )
-        on_event(Connected(mux.lanes[0].name))
+        if not rnd.direct.is_set():  # prefer a direct path to the server's bandwidth
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PIPE_GRACE):
+                    await rnd.direct.wait()
+        direct = next((x for x in mux.lanes if x.name != "pipe" and not x.dead), None)
+        if isinstance(mux, SenderLanes) and direct is not None:
+            mux.move_to(direct)  # before any record: the pipe only carried START(0)
+        on_event(Connected((direct or mux.lanes[0]).name))
         return rnd
     except BaseException:
         await rnd.close()
         raise
+
+
+PIPE_GRACE = 2.0  # seconds a transfer waits for a direct path when the relay pipe came first
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -1263,6 +1295,10 @@ async def _rejoin(
         pairing = _Pairing(client, hs, settings)
         try:
             paired = await pairing.run()
+        except SignalingError as exc:
+            with contextlib.suppress(Exception):
+                await client.close("error")
+            raise _signal_error(exc, server) from None  # the next round tries again
         except BaseException:
             with contextlib.suppress(Exception):
                 await client.close("error")

@@ -182,7 +182,7 @@ def test_sender_killed_mid_transfer_then_resume(server: Server, tmp_path: Path) 
     src = _src(tmp_path, 60_000_000, "big.bin")
     out = tmp_path / "o"
     sender, code = start_send(server, [src])
-    rcv = receive(server, code, out, "--yes")
+    rcv = receive(server, code, out, "--yes", "--reconnect", "0")  # not wait for the dead
     _kill_after(rcv, sender, 8_000_000)
     sender.finish()
     t0 = time.monotonic()
@@ -206,7 +206,7 @@ def test_sender_killed_mid_transfer_then_resume(server: Server, tmp_path: Path) 
 def test_receiver_killed_then_resume(server: Server, tmp_path: Path) -> None:
     src = _src(tmp_path, 60_000_000, "big.bin")
     out = tmp_path / "o"
-    sender, code = start_send(server, [src])
+    sender, code = start_send(server, [src], "--reconnect", "0")  # not wait for the dead
     rcv = receive(server, code, out, "--yes")
     _kill_after(rcv, rcv, 40_000_000)
     rcv.finish()

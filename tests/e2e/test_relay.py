@@ -326,6 +326,7 @@ def test_no_direct_path_hands_the_relay_link_to_the_waiting_receiver(
             "--yes",
             "--json",
             "--turn-only",
+            "--no-pipe",  # the relay's live pipe (protocol v2) would carry it otherwise
         ],
         env,
     )

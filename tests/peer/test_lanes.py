@@ -324,3 +324,25 @@ def test_lane_base_is_abstract() -> None:
     lane = Lane("x")
     with pytest.raises(NotImplementedError):
         lane.send(b"")
+
+
+async def test_a_flood_of_silent_connections_is_bounded() -> None:
+    from peer.lanes import MAX_HANDSHAKES
+
+    got = Collect()
+    lanes = TcpLanes(KEY, got)
+    ((ip, port),) = await lanes.listen([own_address()])
+    silent = [await asyncio.open_connection(ip, port) for _ in range(MAX_HANDSHAKES)]
+    try:
+        await asyncio.sleep(0.2)
+        reader, writer = await asyncio.open_connection(ip, port)
+        async with asyncio.timeout(2.0):  # refused at once, not after the 5 s proof timeout
+            assert await reader.read() == b""
+        writer.close()
+        await writer.wait_closed()
+        assert lanes.rejected == 1
+    finally:
+        for _, w in silent:
+            w.close()
+            await w.wait_closed()
+        await lanes.close()

@@ -1,0 +1,141 @@
+"""The sender's path choice (docs/protocol.md §10.2) with scripted lanes and a scripted
+clock: it measures, probes the other lanes, keeps the faster one, and marks every move."""
+
+from __future__ import annotations
+
+import pytest
+
+from peer import lanes
+from peer.lanes import Lane, SenderLanes
+from peer.proto.paths import MarkerKind, parse_marker
+
+
+class Scripted(Lane):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        if data is not PAYLOAD:
+            self.sent.append(data)  # markers only: the test looks at those
+
+    async def drain(self) -> None:
+        return None
+
+    async def flush_and_close(self, within: float) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._die()
+
+
+PAYLOAD = b"\x01" + bytes(65535)
+
+
+def drive(mux: SenderLanes, rates: dict[str, float], seconds: float, t0: float = 0.0) -> float:
+    """Send 64 KiB records for ``seconds`` of scripted time, each lane at its rate."""
+    t = t0
+    while t < t0 + seconds:
+        lane = mux.current
+        assert lane is not None
+        mux.send(PAYLOAD)
+        t += 65536 / rates[lane.name]
+        mux._tick(t)
+    return t
+
+
+def markers(lane: Scripted) -> list[tuple[str, int]]:
+    out = []
+    for m in lane.sent:
+        mk = parse_marker(m)
+        if mk is not None:
+            out.append((mk.kind.name, mk.gen))
+    return out
+
+
+def test_probes_the_slower_lane_and_goes_back() -> None:
+    moves: list[tuple[str, str]] = []
+    mux = SenderLanes(on_switch=lambda a, b: moves.append((a, b)))
+    fast, slow = Scripted("tcp"), Scripted("direct")
+    mux.add(fast)
+    mux.add(slow)
+    assert mux.current is fast and mux.via == "tcp"
+    drive(mux, {"tcp": 200e6, "direct": 20e6}, 10.0)
+    # first probe right after the first measurement, a recheck 3 s later, then every 20 s
+    assert moves[:2] == [("tcp", "direct"), ("direct", "tcp")]
+    assert len(moves) == 4
+    assert mux.current is fast
+    paths = dict(mux.paths)
+    assert paths["tcp"] > 10 * paths["direct"] > 0
+    # each use of a lane is framed: START(g) ... END(g), g counting up across lanes
+    assert markers(fast)[:3] == [("START", 0), ("END", 0), ("START", 2)]
+    assert markers(slow)[:2] == [("START", 1), ("END", 1)]
+
+
+def test_moves_to_a_faster_lane_that_arrives_later() -> None:
+    mux = SenderLanes()
+    dc = Scripted("direct")
+    mux.add(dc)
+    t = drive(mux, {"direct": 20e6, "tcp": 200e6}, 2.0)
+    tcp = Scripted("tcp")
+    mux.add(tcp)
+    drive(mux, {"direct": 20e6, "tcp": 200e6}, 30.0, t)
+    assert mux.current is tcp
+    assert mux.switches[0] == ("direct", "tcp")
+    assert ("tcp", "direct") in mux.switches  # the loser is checked again, then left alone
+    assert dict(mux.paths)["tcp"] > dict(mux.paths)["direct"]
+
+
+def test_a_lane_only_slightly_faster_does_not_take_over() -> None:
+    mux = SenderLanes()
+    a, b = Scripted("pipe"), Scripted("tcp")
+    mux.add(a)
+    mux.add(b)
+    drive(mux, {"pipe": 100e6, "tcp": 120e6}, 5.0)  # 1.2x < SWITCH_RATIO
+    assert mux.current is a
+
+
+def test_the_clock_waits_until_the_receiver_caught_up() -> None:
+    released = [0]
+    mux = SenderLanes()
+    mux.bind(lambda: 1000, lambda: released[0])
+    lane = Scripted("tcp")
+    mux.add(lane)  # gate: 1000 chunks sent before this lane
+    mux._tick(0.0)
+    mux._tick(5.0)
+    assert mux._clock is None
+    released[0] = 1000
+    mux._tick(6.0)
+    assert mux._clock == (6.0, mux.bytes[lane])
+
+
+async def test_only_one_tcp_lane_and_dead_lanes_are_not_used() -> None:
+    mux = SenderLanes()
+    first, second = Scripted("tcp"), Scripted("tcp")
+    mux.add(first)
+    mux.add(second)
+    dead = Scripted("pipe")
+    dead.dead = True
+    mux.add(dead)
+    assert mux.lanes == [first]
+    mux.move_to(first)  # already there: no marker
+    assert markers(first) == [("START", 0)]
+
+
+def test_no_lane_means_peer_gone() -> None:
+    from peer.errors import PeerGone
+
+    mux = SenderLanes()
+    assert mux.via == "none"
+    with pytest.raises(PeerGone):
+        mux.send(b"\x01")
+
+
+def test_thresholds_are_the_documented_ones() -> None:
+    assert (lanes.PROBE_SECONDS, lanes.PROBE_BYTES, lanes.SWITCH_RATIO) == (1.5, 16 << 20, 1.3)
+    assert (lanes.REPROBE_SECONDS, lanes.RECHECK_SECONDS, lanes.MIN_PROBE_SECONDS) == (
+        20.0,
+        3.0,
+        0.25,
+    )
+    assert int(MarkerKind.START) == 1
