@@ -18,6 +18,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from peer.units import human_bytes, human_rate
 
@@ -121,7 +122,7 @@ def main() -> int:
         rate = total / done["seconds"] if done["seconds"] else 0.0
         print(
             f"Demo OK: {len(src)} files ({human_bytes(total)}) arrived byte-identical and "
-            f"verified, {done['via']} over WebRTC, {human_rate(rate)}.",
+            f"verified, {_carried_by(done)}, {human_rate(rate)}.",
             flush=True,
         )
         return 0
@@ -141,3 +142,22 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+_PATH_NAMES = {
+    "direct": "the WebRTC data channel",
+    "turn": "the WebRTC data channel through TURN",
+    "tcp": "the direct TCP lane",
+    "pipe": "the relay pipe",
+}
+
+
+def _carried_by(done: dict[str, Any]) -> str:
+    """Which paths carried the data, with their shares (the `done` event's `paths`)."""
+    paths = [(p["via"], p["bytes"]) for p in done.get("paths") or [] if p.get("bytes")]
+    total = sum(n for _, n in paths)
+    if not total:
+        return f"{done['via']} over WebRTC"
+    return "carried by " + ", ".join(
+        f"{_PATH_NAMES.get(name, name)} ({round(100 * n / total)} %)" for name, n in paths
+    )
