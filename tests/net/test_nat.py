@@ -47,13 +47,14 @@ def test_turn_across_a_symmetric_nat(study: Path) -> None:
 
 
 def test_symmetric_nat_without_turn_finds_no_direct_path(study: Path) -> None:
-    """The control for the test above: STUN alone cannot cross this NAT (it is symmetric)."""
+    """The control for the test above: STUN alone cannot cross this NAT (it is symmetric).
+    The relay pipe is turned off: this is about the peer-to-peer paths."""
     with Lab(nat_a="eim", nat_b="symmetric", wan=WAN) as lab:
         lab.start_coturn()
         url = lab.start_serve(extra=["--stun-url", "stun:203.0.113.10:3478"])
         out = lab.tmp / "out"
         sender, receiver = transfer(
-            lab, url, study, out, ["--no-relay"], SCANBEAM_CONNECT_TIMEOUT="8"
+            lab, url, study, out, ["--no-relay", "--no-pipe"], SCANBEAM_CONNECT_TIMEOUT="8"
         )
         assert sender.proc.returncode == 4, sender.stdout
         assert receiver.proc.returncode != 0
@@ -63,6 +64,9 @@ def test_symmetric_nat_without_turn_finds_no_direct_path(study: Path) -> None:
 
 
 def test_relay_when_udp_is_blocked_entirely(study: Path) -> None:
+    """No UDP at all (so no STUN, no TURN over UDP, no data channel): the study streams
+    through the server's relay pipe over TCP; without the pipe, it is uploaded to the
+    store-and-forward relay and the receiver downloads it."""
     with Lab(nat_a="eim", nat_b="eim", wan=WAN) as lab:
         secret = lab.start_coturn()
         url = lab.start_serve(turn=True, turn_secret=secret)
@@ -70,7 +74,19 @@ def test_relay_when_udp_is_blocked_entirely(study: Path) -> None:
         out = lab.tmp / "out"
         sender, receiver = transfer(lab, url, study, out, SCANBEAM_CONNECT_TIMEOUT="8")
         assert receiver.proc.returncode == 0, receiver.stderr
-        # the sender found no path (UDP, hence STUN and TURN over UDP, is gone) and uploaded
+        assert sender.event("connected")["via"] == "pipe"
+        for peer in (sender, receiver):
+            done = peer.event("done")
+            assert done["via"] == "pipe"
+            assert [p["via"] for p in done["paths"]] == ["pipe"]
+        _delivered(study, out)
+
+        out2 = lab.tmp / "out2"
+        sender, receiver = transfer(
+            lab, url, study, out2, ["--no-pipe"], SCANBEAM_CONNECT_TIMEOUT="8"
+        )
+        assert receiver.proc.returncode == 0, receiver.stderr
+        # no path at all: the sender uploaded, the waiting receiver got the link and downloaded
         assert not [e for e in sender.events if e["event"] == "connected"], sender.events
         assert receiver.event("done")["via"] == "relay"
-        _delivered(study, out)
+        _delivered(study, out2)
