@@ -137,11 +137,13 @@ def shot(page: Any, test: str, state: str) -> Path:
     return out
 
 
-def wait_state(page: Any, state: str, limit: float = 60) -> None:
-    """Wait until the page shows ``state`` (body[data-state]); on error, say why."""
+def wait_state(page: Any, state: str, limit: float = 60, *, later: tuple[str, ...] = ()) -> None:
+    """Wait until the page shows ``state`` (body[data-state]) or one of the ``later`` states
+    it may already have passed on to; on error, say why."""
+    wanted = (state, *later)
     try:
         page.wait_for_selector(
-            f"body[data-state={state}], body[data-state=error]",
+            ", ".join(f"body[data-state={s}]" for s in (*wanted, "error")),
             state="attached",
             timeout=timeout(limit) * 1000,
         )
@@ -151,7 +153,7 @@ def wait_state(page: Any, state: str, limit: float = 60) -> None:
             f" status={page.text_content('#status')!r} console={page.scanbeam_console[-20:]}"
         ) from None
     got = page.evaluate("document.body.dataset.state")
-    if got != state:
+    if got not in wanted:
         raise AssertionError(
             f"page shows {got!r} instead of {state!r}: {page.text_content('#error-text')!r} "
             f"console={page.scanbeam_console[-20:]}"
