@@ -75,6 +75,7 @@ clean:
 WANEMU := tests/netlab/build/wanemu
 NET_TOOLS := nft:nftables turnserver:coturn ping:iputils-ping ss:iproute2 ip:iproute2 gcc:gcc
 $(WANEMU): tests/netlab/wanemu.c
+	@command -v gcc >/dev/null || { apt-get update -qq && apt-get install -y -qq gcc libc6-dev; }
 	@mkdir -p $(@D)
 	gcc -O2 -Wall -Wextra -Werror -o $@ $<
 
