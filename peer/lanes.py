@@ -77,6 +77,8 @@ RECHECK_SECONDS = 3.0  # ... but after its first loss only this long (measuremen
 AUTH_TIMEOUT = 5.0  # a TCP lane's proofs must be done within this
 MAX_HANDSHAKES = 16  # inbound TCP lane handshakes in progress at once
 DEATH_GRACE = 1.0  # seconds the sender still listens on other lanes after its lane closed
+PROBE_HIGH_WATER = 256 * 1024  # data channel bytes queued while it is probed
+PROBE_STALL = 0.5  # a probed lane whose drain blocks this long is given up at once
 TCP_HIGH_WATER = 1 << 20  # bytes queued on a TCP or pipe lane before drain() waits
 
 
@@ -113,6 +115,10 @@ class Lane:
     async def close(self) -> None:
         raise NotImplementedError
 
+    def probing(self, on: bool) -> None:
+        """While a lane is being probed, keep less queued on it (a slow lane's backlog must
+        drain before the transfer can go back to the faster one)."""
+
     def _deliver(self, data: bytes) -> None:
         if self.sink is not None and not self.dead:
             self.sink.lane_message(self, data)
@@ -130,6 +136,10 @@ class DcLane(Lane):
     def __init__(self, link: RtcLink) -> None:
         super().__init__(link.via)
         self.link = link
+        self._high = link.high_water
+
+    def probing(self, on: bool) -> None:
+        self.link.high_water = min(self._high, PROBE_HIGH_WATER) if on else self._high
 
     def attach(self, sink: LaneSink) -> None:
         super().attach(sink)
@@ -611,6 +621,9 @@ class SenderLanes(_Mux):
             self._gen += 1
         lane.send(marker(MarkerKind.START, self._gen))
         self.current = lane
+        if old is not None:
+            old.probing(False)
+        lane.probing(self._baseline is not None)
         self._gate = self._sent_chunks()
         self._clock = None
         if old is not None:
@@ -630,8 +643,28 @@ class SenderLanes(_Mux):
         lane = self.current
         if lane is None:
             raise PeerGone("no lane")
-        await lane.drain()
+        if self._baseline is None:
+            await lane.drain()
+        else:
+            try:
+                async with asyncio.timeout(PROBE_STALL):
+                    await lane.drain()
+            except TimeoutError:
+                self._give_up_probe(lane, time.monotonic())  # its END follows its backlog
+                return
         self._tick(time.monotonic())
+
+    def _give_up_probe(self, lane: Lane, now: float) -> None:
+        base = self._baseline
+        assert base is not None
+        self._baseline = None
+        meter = self._meters[lane]
+        meter.losses = 2  # hopeless: next probe after REPROBE_SECONDS
+        meter.probed = now
+        log.info("%s: stalled while probed: going back to %s", lane.name, base.name)
+        lane.probing(False)
+        if not base.dead:
+            self._use(base)
 
     def _tick(self, now: float) -> None:
         lane = self.current
@@ -655,7 +688,7 @@ class SenderLanes(_Mux):
         if base is not None:
             self._baseline = None
             if not base.dead and meter.rate < SWITCH_RATIO * self._meters[base].rate:
-                meter.losses += 1
+                meter.losses += 2 if hopeless else 1
                 log.info(
                     "%s: %.1f MB/s, %s: %.1f MB/s: going back",
                     lane.name,
@@ -665,6 +698,7 @@ class SenderLanes(_Mux):
                 )
                 self._use(base)
             else:
+                lane.probing(False)
                 meter.losses = 0
                 self._meters[base].losses += 1
                 self._meters[base].probed = now

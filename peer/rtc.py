@@ -171,6 +171,17 @@ class RtcLink:
         if self._dead.is_set():
             on_dead()
 
+    @property
+    def high_water(self) -> int:
+        """Bytes buffered in the channel before :meth:`drain` waits."""
+        return self._high
+
+    @high_water.setter
+    def high_water(self, value: int) -> None:
+        self._high = value
+        if self._channel is not None:
+            self._channel.bufferedAmountLowThreshold = value // 2
+
     # Channel interface
 
     @property

@@ -170,6 +170,11 @@ def test_tampered_chunk_is_detected_and_not_saved(server: Server, tmp_path: Path
     assert peer.finish() == 9
 
 
+# The data channel only (protocol v2's TCP lane would finish these files before the test
+# can interrupt them): these tests are about kills, resumes and full disks, not paths.
+DC = ("--no-tcp-lane", "--no-pipe")
+
+
 def _kill_after(peer: Peer, victim: Peer, min_bytes: int) -> None:
     while True:
         ev = peer.next_event("progress", 60)
@@ -181,8 +186,8 @@ def _kill_after(peer: Peer, victim: Peer, min_bytes: int) -> None:
 def test_sender_killed_mid_transfer_then_resume(server: Server, tmp_path: Path) -> None:
     src = _src(tmp_path, 60_000_000, "big.bin")
     out = tmp_path / "o"
-    sender, code = start_send(server, [src])
-    rcv = receive(server, code, out, "--yes", "--reconnect", "0")  # not wait for the dead
+    sender, code = start_send(server, [src], *DC)
+    rcv = receive(server, code, out, "--yes", "--reconnect", "0", *DC)  # not wait for the dead
     _kill_after(rcv, sender, 8_000_000)
     sender.finish()
     t0 = time.monotonic()
@@ -206,8 +211,8 @@ def test_sender_killed_mid_transfer_then_resume(server: Server, tmp_path: Path) 
 def test_receiver_killed_then_resume(server: Server, tmp_path: Path) -> None:
     src = _src(tmp_path, 60_000_000, "big.bin")
     out = tmp_path / "o"
-    sender, code = start_send(server, [src], "--reconnect", "0")  # not wait for the dead
-    rcv = receive(server, code, out, "--yes")
+    sender, code = start_send(server, [src], "--reconnect", "0", *DC)  # not wait for the dead
+    rcv = receive(server, code, out, "--yes", *DC)
     _kill_after(rcv, rcv, 40_000_000)
     rcv.finish()
     assert sender.finish(90) == 4
@@ -257,8 +262,8 @@ def test_disk_fills_during_transfer_then_resume(
 ) -> None:
     src = _src(tmp_path, 25_000_000, "study.bin")
     out = small_disk / "o"
-    sender, code = start_send(server, [src])
-    rcv = receive(server, code, out, "--yes")
+    sender, code = start_send(server, [src], *DC)
+    rcv = receive(server, code, out, "--yes", *DC)
     rcv.next_event("progress")
     # something else fills the disk while we receive
     filler = small_disk / "filler"
@@ -300,8 +305,8 @@ def test_code_expires_when_nobody_joins(tmp_path: Path) -> None:
 def test_ctrl_c_keeps_verified_data_and_resumes(server: Server, tmp_path: Path) -> None:
     src = _src(tmp_path, 150_000_000, "big.bin")
     out = tmp_path / "o"
-    sender, code = start_send(server, [src])
-    rcv = receive(server, code, out, "--yes")
+    sender, code = start_send(server, [src], *DC)
+    rcv = receive(server, code, out, "--yes", *DC)
     while rcv.next_event("progress", 60)["bytes"] < 10_000_000:
         pass
     rcv.proc.send_signal(signal.SIGINT)
