@@ -353,10 +353,12 @@ class Hub:
             if len(self._rooms) >= self._max_rooms:
                 return self._reject(conn, ErrorCode.BUSY, "The server is busy; try again later.")
             room = _Room(key, [conn], deadline=now + self._nameplate_ttl)
+            if self._ice is not None:  # fresh TURN credentials for the round, for both
+                room.ice = self._ice()
             self._rooms[key] = room
             conn.state, conn.room = _ConnState.ALLOCATED, room
             logger.info("rendezvous waiting (rooms=%d)", len(self._rooms))
-            return [*actions, SendFrame(conn.id, Joined())]
+            return [*actions, SendFrame(conn.id, Joined(room.ice))]
         if room.paired:
             return self._reject(conn, ErrorCode.CROWDED, "This room already has two members.")
         owner = room.members[0]
@@ -367,7 +369,7 @@ class Hub:
         logger.info("rendezvous paired (rooms=%d)", len(self._rooms))
         return [
             *actions,
-            SendFrame(conn.id, Joined()),
+            SendFrame(conn.id, Joined(room.ice)),
             SendFrame(conn.id, PeerJoined()),
             SendFrame(owner.id, PeerJoined()),
         ]

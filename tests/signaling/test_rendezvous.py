@@ -93,3 +93,21 @@ async def test_real_clients_meet_at_a_rendezvous() -> None:
         finally:
             await a.close()
             await b.close()
+
+
+def test_a_rendezvous_room_hands_both_members_fresh_ice_servers() -> None:
+    """A reconnection round gets TURN credentials of its own (the first may have expired)."""
+    from signaling.ice import IceServer
+
+    minted: list[tuple[IceServer, ...]] = []
+
+    def minter() -> tuple[IceServer, ...]:
+        servers = (IceServer(("turn:198.51.100.1:3478",), f"u{len(minted)}", "c"),)
+        minted.append(servers)
+        return servers
+
+    h = hub(ice=minter)
+    a, b = h.connect("192.0.2.1"), h.connect("192.0.2.9")
+    assert h.receive(a, frame("rendezvous", id=RID), 0.0) == [SendFrame(a, Joined(minted[0]))]
+    assert h.receive(b, frame("rendezvous", id=RID), 1.0)[0] == SendFrame(b, Joined(minted[0]))
+    assert len(minted) == 1
