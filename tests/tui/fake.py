@@ -109,6 +109,10 @@ SIZES = [(f"CT/SE001/IM{i:04d}.dcm", 525_000) for i in range(1, 41)] + [
 TOTAL = sum(s for _, s in SIZES)
 
 
+def offer_fields(offer: session.Offer, held: int) -> tuple[Any, ...]:
+    return (offer.files, offer.bytes, held, offer.summary, offer.paths, offer.dest, offer.previews)
+
+
 class FakeService:
     """``stage`` says how far a send or receive goes before it waits forever."""
 
@@ -118,6 +122,8 @@ class FakeService:
         self.server = "http://127.0.0.1:8000"
         self.sent: list[tuple[list[Path], SendOptions]] = []
         self.deleted: list[str] = []
+        self.reconnecting = asyncio.Event()
+        self.resume = asyncio.Event()
 
     def summarize(self, paths: Sequence[Path]) -> tuple[dict[str, Any], list[tuple[str, int]]]:
         return SUMMARY, SIZES
@@ -163,6 +169,13 @@ class FakeService:
         if not await decide(offer):
             raise session.DeclinedError("declined", user_message="You declined the transfer.")
         on_event(session.Progress(TOTAL // 2, TOTAL, 25e6))
+        if self.stage == "reconnect":  # a drop, then a reconnection round offers again
+            on_event(session.Reconnecting(1, "the connection dropped", 290.0))
+            self.reconnecting.set()
+            await self.resume.wait()
+            on_event(session.Paired_("rejoin"))
+            on_event(session.Offer(*offer_fields(offer, held=TOTAL // 2)))
+            await self._hold()
         if self.stage == "progress":
             await self._hold()
         done = session.Done(

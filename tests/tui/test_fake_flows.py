@@ -117,3 +117,27 @@ async def test_no_color_is_respected(start: Path, monkeypatch: pytest.MonkeyPatc
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         assert app.no_color
+
+
+async def test_a_reconnection_round_continues_without_asking_again(start: Path) -> None:
+    service = FakeService("reconnect")
+    app = ScanBeamApp(service, start=start)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("r")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, ReceiveScreen)
+        await pilot.press(*CODE, "enter", "enter")
+        await until(pilot, lambda: screen.decision is not None, 5, "offer")
+        await pilot.press("a")
+        await until(pilot, service.reconnecting.is_set, 5, "drop")
+        await pilot.pause(0.2)
+        assert "reconnecting through the server (attempt 1" in str(
+            screen.query_one("#state").render()
+        )
+        service.resume.set()
+        await until(
+            pilot, lambda: "Reconnected" in str(screen.query_one("#state").render()), 5, "round"
+        )
+        assert screen.decision is None  # not asked again
+        assert "Resuming:" in str(screen.query_one("#offer").render())

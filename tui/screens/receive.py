@@ -19,7 +19,9 @@ from peer.session import (
     Done,
     Offer,
     Paired_,
+    PathMoved,
     Progress,
+    Reconnecting,
     Retrying,
     format_completeness,
     format_summary,
@@ -98,6 +100,7 @@ class ReceiveScreen(ServiceScreen):
         super().__init__()
         self.running = False
         self.decision: asyncio.Future[bool] | None = None
+        self.accepted = False  # the user accepted this transfer's offer once
         self.done: Done | None = None
         self.error = ""
 
@@ -188,7 +191,8 @@ class ReceiveScreen(ServiceScreen):
     async def _decide(self, offer: Offer) -> bool:
         self.decision = asyncio.get_running_loop().create_future()
         try:
-            return await self.decision
+            self.accepted = await self.decision
+            return self.accepted
         finally:
             self.decision = None
             self.refresh_bindings()
@@ -214,8 +218,17 @@ class ReceiveScreen(ServiceScreen):
             self._state(f"Connected ({ev.via}). Waiting for the offer…")
         elif isinstance(ev, Retrying):
             self._state(f"Connection to the relay lost; continuing ({ev.attempt}/{ev.of})…")
+        elif isinstance(ev, Reconnecting):
+            self._state(
+                f"Connection lost; reconnecting through the server (attempt {ev.attempt}, "
+                f"{int(ev.until)} s left). Verified data is kept."
+            )
+        elif isinstance(ev, PathMoved):
+            self._state(f"Receiving over {ev.new} (moved from {ev.old}: faster).")
         elif isinstance(ev, Offer):
             self._show_offer(ev)
+            if self.accepted:  # a reconnection round offers the same files again
+                self._state("Reconnected: continuing where the transfer stopped…")
         elif isinstance(ev, Progress):
             if self.running:
                 bar = self.query_one("#bar", ProgressBar)

@@ -31,7 +31,9 @@ from peer.session import (
     Done,
     LinkReady,
     Paired_,
+    PathMoved,
     Progress,
+    Reconnecting,
     RelayFallback,
     format_summary,
     human_bytes,
@@ -283,6 +285,14 @@ class SendScreen(ServiceScreen):
             self.query_one("#qr", Static).update(qr_text(ev.url))
         elif isinstance(ev, Paired_):
             self._state("Paired: the receiver has the right code. Connecting…")
+        elif isinstance(ev, Reconnecting):
+            self._state(
+                f"Connection lost; reconnecting through the server (attempt {ev.attempt}, "
+                f"{int(ev.until)} s left). What the receiver verified is not sent again."
+            )
+        elif isinstance(ev, PathMoved):
+            self.via = ev.new
+            self._state(f"Sending over {ev.new} (moved from {ev.old}: faster).")
         elif isinstance(ev, Connected):
             self.phase, self.via = "connected", ev.via
             self._state(f"Connected ({ev.via}). Waiting for the receiver to accept…")
