@@ -822,22 +822,9 @@ async def receive(
                 await _open(link, settings)
             except NoPathError as exc:
                 await link.close()
-                url = await _await_hand_off(pairing, settings, on_event)
-                drop = parse_drop_link(url) if url else None
-                if drop is None:
-                    raise exc from None
-                with contextlib.suppress(SignalingError):
-                    await client.close("happy")
-
-                async def no_password() -> str:
-                    raise PairingError(
-                        "no prompt", user_message="A password is needed: use --password-file FILE."
-                    )
-
-                done: Done = await download(
-                    settings, drop, dest, on_event, decide, password or no_password
+                return await _receive_handed_off(
+                    exc, pairing, settings, dest, on_event, decide, password
                 )
-                return done
             with contextlib.suppress(SignalingError):
                 await client.close("happy")
             on_event(Connected(link.via))
@@ -847,6 +834,33 @@ async def receive(
     finally:
         with contextlib.suppress(Exception):
             await client.close("error")
+
+
+async def _receive_handed_off(
+    no_path: NoPathError,
+    pairing: _Pairing,
+    settings: Settings,
+    dest: Path,
+    on_event: OnEvent,
+    decide: Decide,
+    password: PasswordPrompt | None,
+) -> Done:
+    """No direct path opened: download the relay link the sender hands over, or re-raise
+    ``no_path`` when none comes."""
+    url = await _await_hand_off(pairing, settings, on_event)
+    drop = parse_drop_link(url) if url else None
+    if drop is None:
+        raise no_path from None
+    with contextlib.suppress(SignalingError):
+        await pairing.client.close("happy")
+
+    async def no_password() -> str:
+        raise PairingError(
+            "no prompt", user_message="A password is needed: use --password-file FILE."
+        )
+
+    done: Done = await download(settings, drop, dest, on_event, decide, password or no_password)
+    return done
 
 
 async def _await_hand_off(pairing: _Pairing, settings: Settings, on_event: OnEvent) -> str | None:
@@ -1496,17 +1510,4 @@ async def _receive_v2(
             settings, server, client, pairing, paired, Role.RECEIVER, on_event, run
         )
     except NoPathError as exc:
-        url = await _await_hand_off(pairing, settings, on_event)
-        drop = parse_drop_link(url) if url else None
-        if drop is None:
-            raise exc from None
-        with contextlib.suppress(SignalingError):
-            await client.close("happy")
-
-        async def no_password() -> str:
-            raise PairingError(
-                "no prompt", user_message="A password is needed: use --password-file FILE."
-            ) from None
-
-        done: Done = await download(settings, drop, dest, on_event, decide, password or no_password)
-        return done
+        return await _receive_handed_off(exc, pairing, settings, dest, on_event, decide, password)
