@@ -140,10 +140,6 @@ def main() -> int:
             print(f"(kept {work})")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 _PATH_NAMES = {
     "direct": "the WebRTC data channel",
     "turn": "the WebRTC data channel through TURN",
@@ -161,3 +157,7 @@ def _carried_by(done: dict[str, Any]) -> str:
     return "carried by " + ", ".join(
         f"{_PATH_NAMES.get(name, name)} ({round(100 * n / total)} %)" for name, n in paths
     )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
