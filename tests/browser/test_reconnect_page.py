@@ -84,6 +84,8 @@ def _drop_mid_transfer(page: Any, sender: Peer, test: str) -> None:
         shot(page, test, "1-reconnecting")
         status = page.text_content("#status") or ""
         assert "Reconnecting" in status, status
+        note = page.text_content("#progress-text") or ""
+        assert "Paused at" in note, note
         ev = sender.next_event("reconnecting", 120)  # the sender noticed too
         assert ev["attempt"] == 1, ev
         took = time.monotonic() - t0

@@ -287,12 +287,17 @@ const SIGNAL_ERRORS = {
 const RECONNECT_MS = 300000; // protocol v2 reconnection bound, counted from the first drop (§10.3)
 const REJOIN_OPEN_MS = CONNECT_TIMEOUT_MS + ICE_GATHER_MS; // a met round must open its channel in this
 
-function reconnectingText(saving) {
-  const base = 'The connection to the sender was lost. Reconnecting (for up to 5 minutes while the sender is still running)…';
-  if (!saving) return base;
-  return saving.plan
-    ? `${base} What was verified is kept in the folder: if the sender stops, run the same command again, open the new link and pick the same folder to resume.`
-    : `${base} Keep this page open: the download continues where it stopped. If this page is closed or reloaded, the download starts from the beginning.`;
+const RECONNECTING = 'The connection to the sender was lost. Reconnecting…';
+
+/** Shows the reconnecting state: what the page tries, and what happens to what it saved. */
+function showReconnecting(saving) {
+  setState('reconnecting', RECONNECTING);
+  if (!saving) return;
+  const bytes = Number(document.body.dataset.bytes || 0);
+  const how = saving.plan
+    ? 'What was verified is kept in the folder: if the sender stopped, run the same command again, open the new link and pick the same folder to resume.'
+    : 'Keep this page open: the download continues where it stopped. If this page is closed or reloaded, the download starts from the beginning.';
+  $('progress-text').textContent = `Paused at ${humanBytes(bytes)}. Trying to reach the sender again for up to 5 minutes. ${how}`;
 }
 
 /**
@@ -614,7 +619,7 @@ async function receiveDirect(fragment) {
       fail(new P.BeamError('peer-gone', 'reconnect timed out', text));
       return;
     }
-    setState('reconnecting', reconnectingText(saving));
+    showReconnecting(accepted ? saving : null);
     show('connecting', !accepted);
     setTimeout(() => {
       if (finished) return;
@@ -727,7 +732,7 @@ async function receiveDirect(fragment) {
     }
     if (r.dead || rx.state !== 'offered') {
       // the connection dropped while the user chose: the next round's offer continues
-      setState('reconnecting', reconnectingText(saving));
+      showReconnecting(saving);
       return;
     }
     if (saving.plan) {
