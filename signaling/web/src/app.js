@@ -594,6 +594,7 @@ async function receiveDirect(fragment) {
   function dropped(r, reason) {
     if (r.dead || finished) return;
     retire(r);
+    if (saving && saving.plan && spool) spool.requestCommit(); // in case the page is closed now
     const now = performance.now();
     if (deadline === null) deadline = now + RECONNECT_MS;
     document.body.dataset.reconnects = String(Number(document.body.dataset.reconnects || 0) + 1);
