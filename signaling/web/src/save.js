@@ -175,6 +175,10 @@ export async function saveViaServiceWorker({ stream, name, size, mime }) {
   const port = channel.port1;
   const reader = stream.getReader();
   const keepAlive = setInterval(() => reg.active && reg.active.postMessage({ type: 'ping' }), 10000);
+  // the page goes away mid-download (closed, reloaded, another link opened while it was
+  // reconnecting): fail the download now rather than leave it waiting for bytes forever
+  const gone = () => port.postMessage({ type: 'error', message: 'the page was closed' });
+  window.addEventListener('pagehide', gone);
   try {
     await new Promise((resolve, reject) => {
       port.onmessage = async ({ data }) => {
@@ -205,6 +209,7 @@ export async function saveViaServiceWorker({ stream, name, size, mime }) {
       reg.active.postMessage({ type: 'download', id, name, size, mime }, [channel.port2]);
     });
   } finally {
+    window.removeEventListener('pagehide', gone);
     clearInterval(keepAlive);
     port.close();
   }
