@@ -124,9 +124,10 @@ def test_download_continues_after_an_outage(
     assert download.failure() is None
     saved = Path(download.path())
     assert saved.stat().st_size == SIZE
-    assert hashlib.sha256(saved.read_bytes()).hexdigest() == hashlib.sha256(
-        src.read_bytes()
-    ).hexdigest()
+    assert (
+        hashlib.sha256(saved.read_bytes()).hexdigest()
+        == hashlib.sha256(src.read_bytes()).hexdigest()
+    )
     assert re.search(r"[0-9a-f]{16}", page.text_content("#done-files") or "")
 
 
