@@ -373,6 +373,27 @@ async function receiveDirect(fragment) {
     if (dead) onClose(r);
   });
 
+  // The round number (not secret) survives a reload of this tab, so a reloaded page can meet
+  // the sender at its next rendezvous instead of the used-up nameplate (§9.5).
+  const roundKey = `scanbeam-round:${link.nameplate}`;
+  function remember(n) {
+    try {
+      if (n === null) sessionStorage.removeItem(roundKey);
+      else sessionStorage.setItem(roundKey, String(n));
+    } catch {
+      // storage disabled: a reload cannot rejoin
+    }
+  }
+  function remembered() {
+    try {
+      const v = sessionStorage.getItem(roundKey);
+      return v !== null && /^\d{1,6}$/.test(v) ? Number(v) : null;
+    } catch {
+      return null;
+    }
+  }
+  let reloaded = false;
+
   function startRound(n) {
     const r = {
       n, ws: new WebSocket(wsUrl()), pc: null, channel: null, channelOpen: false, rx: null,
@@ -429,6 +450,15 @@ async function receiveDirect(fragment) {
         } else if (frame.type === 'error') {
           if (n > 0) {
             roundFailed(r, frame.code);
+            return;
+          }
+          const last = remembered();
+          if (frame.code === 'unknown-nameplate' && last !== null && !reloaded) {
+            // this tab was reloaded during a transfer: the sender waits at its next round
+            reloaded = true;
+            deadline = performance.now() + RECONNECT_MS;
+            retire(r);
+            nextRound(last + 1, 0);
             return;
           }
           const [code, text] = SIGNAL_ERRORS[frame.code] || ['connection', `The ScanBeam server refused the request (${String(frame.code).slice(0, 40)}).`];
@@ -534,6 +564,7 @@ async function receiveDirect(fragment) {
   function onOpen(r) {
     if (r.channelOpen || r.dead) return;
     r.channelOpen = true;
+    remember(r.n);
     lastMessage = performance.now();
     closeWs(r, 'happy');
     if (r.n === 0) setState('connecting', 'Connected. Waiting for the list of files…');
@@ -552,7 +583,8 @@ async function receiveDirect(fragment) {
   function onClose(r) {
     if (r.dead || finished || document.body.dataset.state === 'done') return;
     if (r.rx && r.rx.state === 'done') return;
-    const live = !r.rx || !['failed', 'declined'].includes(r.rx.state);
+    // reconnect once the user accepted (mid-transfer); a drop before that ends, as in v1
+    const live = accepted && (!r.rx || !['failed', 'declined'].includes(r.rx.state));
     if (r.version === 2 && live) {
       dropped(r, 'channel closed');
       return;
@@ -668,13 +700,14 @@ async function receiveDirect(fragment) {
         for (const e2 of rx.events()) handle(r, e2);
         return;
       }
+      const note = reloaded ? 'This page was reloaded, so the transfer starts again from the beginning (with “Save into a folder…” and the same folder, what was verified is kept).' : '';
       showOffer(e.manifest, (mode) => accept(r, mode, key), () => {
         rx.decline();
         flush();
         finished = true;
         setTimeout(() => r.pc.close(), 500);
         fail(new P.BeamError('declined', 'declined', 'You declined the transfer; nothing was saved.'));
-      });
+      }, { resumeNote: note });
     } else if (e.type === 'chunk') {
       spool.push(e);
       progress.add(e.data.length);
@@ -699,6 +732,7 @@ async function receiveDirect(fragment) {
   function maybeDone(r) {
     if (finishedSaving && closed) {
       finished = true;
+      remember(null);
       showDone(r.rx.manifest, r.rx.digests, saving.where);
       setTimeout(() => r.pc.close(), 500);
     }
