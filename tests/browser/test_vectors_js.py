@@ -13,6 +13,8 @@ import subprocess
 from pathlib import Path
 
 from peer.proto.handshake import EnvelopeReceived, Handshake, Paired, Role
+from peer.proto.keys import kdf
+from peer.proto.paths import MarkerKind, marker, rendezvous_id, round_master
 from peer.proto.records import RecordType, open_record, parse_header
 from tests.conftest import ROOT
 from tests.proto.pair import Pair
@@ -58,11 +60,27 @@ def _envelope_case(secret: bytes) -> dict[str, object]:
     return {"link_secret": secret.hex(), "sender_bodies": bodies, "offer": offer}
 
 
+def _v2_case(secret: bytes) -> tuple[dict[str, object], Handshake]:
+    """Protocol v2 for the page: round derivations, lane markers, and a rejoin pairing (the
+    Python sender's hello and offer of round 2, sealed with that round's master)."""
+    master0 = kdf(secret, "scanbeam v1 link")
+    rounds = {
+        str(n): [rendezvous_id(master0, n), round_master(master0, n).hex()] for n in (1, 2, 17)
+    }
+    sender = Handshake(Role.SENDER, master=round_master(master0, 2), entropy=os.urandom)
+    sender.start()
+    bodies = sender.data_to_send()  # its hello, sent at once in mode rejoin
+    markers = [marker(MarkerKind.START, 0).hex(), marker(MarkerKind.END, 0).hex()]
+    markers.append(marker(MarkerKind.START, 1).hex())
+    return {"rounds": rounds, "rejoin_bodies": bodies, "markers": markers}, sender
+
+
 def test_js_module_matches_vectors_and_python(tmp_path: Path) -> None:
     secret = os.urandom(32)
     case, pair, total = _transfer_case()
     keys = pair.keys
-    extra = {**_envelope_case(secret), **case}
+    v2, rejoin_sender = _v2_case(secret)
+    extra = {**_envelope_case(secret), **case, **v2}
     # Pair derives its session keys from a random master; hand node the same session keys
     extra_path = tmp_path / "extra.json"
     extra["session_keys"] = {
@@ -105,6 +123,13 @@ def test_js_module_matches_vectors_and_python(tmp_path: Path) -> None:
     assert isinstance(events[0], Paired) and events[0].mode == "link"
     assert isinstance(events[1], EnvelopeReceived)
     assert events[1].message == {"type": "answer", "sdp": "v=0 answer"}
+
+    # the JS side's rejoin hello (round 2) opens in the Python sender of that round: v2 chosen
+    rejoin = json.loads(next(ln for ln in lines if ln.startswith("rejoin_bodies "))[14:])
+    assert len(rejoin) == 1  # no {"t":"link"} in a round: only the hello
+    rejoin_sender.receive(rejoin[0])
+    paired = [e for e in rejoin_sender.events_received() if isinstance(e, Paired)]
+    assert paired and paired[0].mode == "rejoin" and paired[0].version == 2
 
     # the JS receiver's records open with the Python keys, in order, with the right content
     replies = [

@@ -190,5 +190,37 @@ if (extra) {
   check('tampered chunk', failed, 'integrity');
 }
 
+// protocol v2 (§10): round derivations, lane markers, a rejoin pairing
+if (extra && extra.rounds) {
+  const master0 = P.linkMaster(U(extra.link_secret));
+  for (const [n, [rid, master]] of Object.entries(extra.rounds)) {
+    check(`rendezvous id ${n}`, P.rendezvousId(master0, Number(n)), rid);
+    check(`round master ${n}`, H(P.roundMaster(master0, Number(n))), master);
+  }
+  const hs = new P.LinkHandshake(null, { master: P.roundMaster(master0, 2) });
+  const bodies = hs.start();
+  check('rejoin sends only hello', bodies.length, 1);
+  check('rejoin hello opens', hs.receive(extra.rejoin_bodies[0]), null);
+  check('rejoin version', hs.version, 2);
+  console.log('rejoin_bodies ' + JSON.stringify(bodies));
+  const other = new P.LinkHandshake(null, { master: P.roundMaster(master0, 3) });
+  throws('rejoin wrong round', () => other.receive(extra.rejoin_bodies[0]), 'wrong-code');
+  const [start0, end0, start1] = extra.markers.map(U);
+  const rec = U(extra.records[0]);
+  const lane = new P.LaneMarkers();
+  throws('record before START', () => new P.LaneMarkers().strip(rec), 'protocol');
+  check('START(0) stripped', lane.strip(start0), null);
+  check('record passes', lane.strip(rec), rec);
+  throws('START twice', () => lane.strip(start0), 'protocol');
+  const lane2 = new P.LaneMarkers();
+  lane2.strip(start0);
+  check('END(0) stripped', lane2.strip(end0), null);
+  throws('record after END', () => lane2.strip(rec), 'protocol');
+  check('START(1) stripped', lane2.strip(start1), null);
+  throws('END(1) out of order', () => lane2.strip(end0), 'protocol');
+  throws('malformed marker', () => new P.LaneMarkers().strip(new Uint8Array([0, 1, 0])), 'protocol');
+  throws('START(1) first', () => new P.LaneMarkers().strip(start1), 'protocol');
+}
+
 console.log(failures ? `${failures} failed` : 'all ok');
 process.exit(failures ? 1 : 0);

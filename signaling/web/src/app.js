@@ -284,132 +284,262 @@ const SIGNAL_ERRORS = {
   busy: ['busy', 'The ScanBeam server is busy. Try again in a moment.'],
 };
 
+const RECONNECT_MS = 300000; // protocol v2 reconnection bound, counted from the first drop (§10.3)
+const REJOIN_OPEN_MS = CONNECT_TIMEOUT_MS + ICE_GATHER_MS; // a met round must open its channel in this
+
+const RECONNECTING = 'The connection to the sender was lost. Reconnecting…';
+
+/** Shows the reconnecting state: what the page tries, and what happens to what it saved. */
+function showReconnecting(saving) {
+  setState('reconnecting', RECONNECTING);
+  if (!saving) return;
+  const bytes = Number(document.body.dataset.bytes || 0);
+  const how = saving.plan
+    ? 'What was verified is kept in the folder: if the sender stopped, run the same command again, open the new link and pick the same folder to resume.'
+    : 'Keep this page open: the download continues where it stopped. If this page is closed or reloaded, the download starts from the beginning.';
+  $('progress-text').textContent = `Paused at ${humanBytes(bytes)}. Trying to reach the sender again for up to 5 minutes. ${how}`;
+}
+
+/**
+ * The direct path: link-mode pairing, WebRTC, and the receiver machine. Under protocol v2
+ * (§10) the page has one lane (the data channel) and survives a drop in reconnection rounds:
+ * it meets the sender again at the round's rendezvous, pairs with the round's master, and
+ * resumes where it stopped, since the saving stream (download or folder) is still open in
+ * this page: resume[i] = the chunks of file i already handed to it, with the SHA-256 state
+ * kept, so nothing verified is sent again and the saved file is one seamless stream.
+ */
 async function receiveDirect(fragment) {
   const link = P.parseLinkFragment(fragment);
   if (!link) throw new P.BeamError('bad-link', 'bad fragment', 'This link is damaged or incomplete: check that it was copied whole.');
   setState('connecting', 'Connecting to the sender…');
   prepareServiceWorker().catch(() => {});
-  const hs = new P.LinkHandshake(link.secret);
-  const ws = new WebSocket(wsUrl());
-  let pc = null;
-  let channel = null;
-  let channelOpen = false;
+  const master0 = P.linkMaster(link.secret);
+  // shared by every round
+  let cur = null; // the current round
   let finished = false;
-  let iceServers = [];
-  const send = (body) => ws.readyState === WebSocket.OPEN && ws.send(JSON.stringify({ v: 1, type: 'msg', body }));
-  const timers = [];
+  let spool = null;
+  let saving = null;
+  let progress = null;
+  let accepted = null; // [paths, totalBytes] of the offer the user accepted
+  let carry = null; // {resume, hashes}: what earlier rounds handed to the saving stream
+  let carried = 0; // chunks of earlier rounds still in the spool (their release credits no round)
+  let deadline = null; // reconnection bound (ms, performance.now())
+  let finishedSaving = false;
+  let closed = false;
+  let lastMessage = performance.now();
+
   const cleanup = (err) => {
     finished = true;
-    timers.forEach(clearTimeout);
-    if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ v: 1, type: 'close', mood: err ? 'error' : 'happy' }));
+    const r = cur;
+    if (r) {
+      r.timers.forEach(clearTimeout);
+      closeWs(r, err ? 'error' : 'happy');
+      if (err && r.rx) {
+        r.rx.fail(err);
+        if (r.channel && r.channel.readyState === 'open') for (const rec of r.rx.out()) r.channel.send(rec);
+      }
+      setTimeout(() => r.pc && r.pc.close(), 500);
+    }
+    if (err && spool) spool.fail(err);
+  };
+  state.cleanup = cleanup;
+
+  function closeWs(r, mood) {
+    if (r.ws.readyState === WebSocket.OPEN) r.ws.send(JSON.stringify({ v: 1, type: 'close', mood }));
     try {
-      ws.close();
+      r.ws.close();
     } catch {
       // closed
     }
-    if (err && rx) {
-      rx.fail(err);
-      if (channel && channel.readyState === 'open') for (const r of rx.out()) channel.send(r);
-    }
-    if (err && spool) spool.fail(err);
-    setTimeout(() => pc && pc.close(), 500);
-  };
-  state.cleanup = cleanup;
-  let rx = null;
-  let spool = null;
+  }
 
-  const pairTimer = setTimeout(() => {
-    if (!channelOpen && !finished) fail(new P.BeamError('timeout', 'pairing timeout', 'The sender did not answer in time: it may have stopped. Ask for a new link.'));
-  }, PAIR_TIMEOUT_MS);
-  timers.push(pairTimer);
-  let waitingRelay = false;
-  // no direct path: like the CLI, wait (bounded) for the sender's relay link (§4.2)
-  const waitForRelay = () => {
-    if (waitingRelay || channelOpen || finished) return;
-    waitingRelay = true;
-    setState('connecting', 'No direct connection: waiting for the sender to upload the files to the relay…');
-    timers.push(setTimeout(() => {
-      if (!channelOpen && !finished) fail(new P.BeamError('no-path', 'handoff timeout', 'No direct connection to the sender could be opened, and no relay link came.'));
-    }, HANDOFF_TIMEOUT_MS));
-  };
-
-  ws.onerror = () => {
-    if (!channelOpen) fail(new P.BeamError('unreachable', 'ws error', 'Cannot reach the ScanBeam server. Check the connection and reload.'));
-  };
-  ws.onclose = () => {
-    if (!channelOpen && !finished && document.body.dataset.state !== 'error') {
-      fail(new P.BeamError('peer-gone', 'signaling closed', 'The sender left before the transfer could start.'));
-    }
-  };
-  ws.onopen = () => ws.send(JSON.stringify({ v: 1, type: 'join', nameplate: link.nameplate }));
-  ws.onmessage = async (ev) => {
-    let frame;
-    try {
-      frame = JSON.parse(ev.data);
-    } catch {
+  const idle = setInterval(() => {
+    if (finished || ['error', 'done'].includes(document.body.dataset.state)) {
+      clearInterval(idle);
       return;
     }
-    try {
-      if (frame.type === 'joined') {
-        // ICE servers handed out by the server for this session (INTERFACES.md 2)
-        if (Array.isArray(frame.ice)) iceServers = cleanIce(frame.ice);
-        document.body.dataset.iceServers = String(iceServers.length);
-        for (const body of hs.start()) send(body);
-      } else if (frame.type === 'error') {
-        const [code, text] = SIGNAL_ERRORS[frame.code] || ['connection', `The ScanBeam server refused the request (${String(frame.code).slice(0, 40)}).`];
-        fail(new P.BeamError(code, frame.code, text));
-      } else if (frame.type === 'peer-closed' || frame.type === 'peer-gone' || frame.type === 'expired') {
-        if (channelOpen || finished) return;
-        if (waitingRelay || (pc && frame.mood !== 'wrong-code')) fail(new P.BeamError('no-path', frame.type, 'No direct connection to the sender could be opened from this network, and the sender did not use the relay.'));
-        else if (frame.mood === 'wrong-code') fail(new P.BeamError('wrong-code', 'wrong code'));
-        else if (frame.type === 'expired') fail(new P.BeamError('unknown-code', 'expired', 'This link expired. Ask the sender for a new one.'));
-        else fail(new P.BeamError('peer-gone', frame.type, 'The sender left before the transfer could start.'));
-      } else if (frame.type === 'msg' && typeof frame.body === 'string') {
-        const msg = hs.receive(frame.body);
-        if (!msg) return;
-        if (msg.type === 'offer' && typeof msg.sdp === 'string' && !pc) {
-          clearTimeout(pairTimer);
-          await answer(msg.sdp);
-        } else if (msg.type === 'relay' && typeof msg.url === 'string') {
-          finished = true;
-          ws.close();
-          if (pc) pc.close();
-          const target = parseDropUrl(msg.url);
-          if (!target) throw new P.BeamError('protocol', 'bad relay link');
-          await receiveRelay(target.id, target.secret, 'No direct connection opened; the sender uploaded the files to the relay instead.');
-        } else if (msg.type === 'error') {
-          fail(new P.BeamError('peer-gone', 'peer error', 'The sender stopped.'));
-        }
-      }
-    } catch (err) {
-      if (err instanceof P.BeamError && err.code === 'wrong-code') {
-        if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ v: 1, type: 'close', mood: 'wrong-code' }));
-      }
-      fail(err);
+    const r = cur;
+    if (document.body.dataset.state === 'receiving' && r && r.channelOpen && performance.now() - lastMessage > IDLE_TIMEOUT_MS) {
+      if (r.version === 2) dropped(r, 'idle');
+      else fail(new P.BeamError('timeout', 'idle', 'The sender stopped sending for a minute; the transfer was stopped.'));
     }
-  };
+  }, 5000);
 
-  async function answer(sdp) {
-    setState('connecting', 'Opening a direct connection…');
+  // a page that was hidden (phone locked, other app) may come back with a dead connection
+  document.addEventListener('visibilitychange', () => {
+    const r = cur;
+    if (document.visibilityState !== 'visible' || !r || !r.channelOpen || r.dead) return;
+    const dead = (r.pc && ['failed', 'closed'].includes(r.pc.connectionState)) || (r.channel && r.channel.readyState !== 'open');
+    if (dead) onClose(r);
+  });
+
+  // The round number (not secret) survives a reload of this tab, so a reloaded page can meet
+  // the sender at its next rendezvous instead of the used-up nameplate (§9.5).
+  const roundKey = `scanbeam-round:${link.nameplate}`;
+  function remember(n) {
     try {
-      pc = new RTCPeerConnection({ iceServers });
+      if (n === null) sessionStorage.removeItem(roundKey);
+      else sessionStorage.setItem(roundKey, String(n));
+    } catch {
+      // storage disabled: a reload cannot rejoin
+    }
+  }
+  function remembered() {
+    try {
+      const v = sessionStorage.getItem(roundKey);
+      return v !== null && /^\d{1,6}$/.test(v) ? Number(v) : null;
+    } catch {
+      return null;
+    }
+  }
+  let reloaded = false;
+
+  function startRound(n) {
+    const r = {
+      n, ws: new WebSocket(wsUrl()), pc: null, channel: null, channelOpen: false, rx: null,
+      markers: null, version: 1, met: n === 0, dead: false, timers: [], waitingRelay: false, iceServers: [],
+      hs: n === 0 ? new P.LinkHandshake(link.secret) : new P.LinkHandshake(null, { master: P.roundMaster(master0, n) }),
+    };
+    cur = r;
+    document.body.dataset.round = String(n);
+    const ws = r.ws;
+    const send = (body) => ws.readyState === WebSocket.OPEN && ws.send(JSON.stringify({ v: 1, type: 'msg', body }));
+    r.send = send;
+    if (n === 0) {
+      const pairTimer = setTimeout(() => {
+        if (!r.channelOpen && !finished) fail(new P.BeamError('timeout', 'pairing timeout', 'The sender did not answer in time: it may have stopped. Ask for a new link.'));
+      }, PAIR_TIMEOUT_MS);
+      r.timers.push(pairTimer);
+      r.pairTimer = pairTimer;
+    }
+    ws.onerror = () => {
+      if (r.dead || r.channelOpen) return;
+      if (n === 0) fail(new P.BeamError('unreachable', 'ws error', 'Cannot reach the ScanBeam server. Check the connection and reload.'));
+      else roundFailed(r, 'signaling unreachable');
+    };
+    ws.onclose = () => {
+      if (r.dead || r.channelOpen || finished || document.body.dataset.state === 'error') return;
+      if (n === 0) fail(new P.BeamError('peer-gone', 'signaling closed', 'The sender left before the transfer could start.'));
+      else roundFailed(r, 'signaling closed');
+    };
+    ws.onopen = () => ws.send(JSON.stringify(n === 0
+      ? { v: 1, type: 'join', nameplate: link.nameplate }
+      : { v: 1, type: 'rendezvous', id: P.rendezvousId(master0, n) }));
+    ws.onmessage = async (ev) => {
+      if (r.dead) return;
+      let frame;
+      try {
+        frame = JSON.parse(ev.data);
+      } catch {
+        return;
+      }
+      try {
+        if (frame.type === 'joined') {
+          // ICE servers handed out by the server for this session (INTERFACES.md 2)
+          if (Array.isArray(frame.ice)) r.iceServers = cleanIce(frame.ice);
+          document.body.dataset.iceServers = String(r.iceServers.length);
+          if (n === 0) for (const body of r.hs.start()) send(body);
+        } else if (frame.type === 'peer-joined') {
+          if (n > 0 && !r.met) {
+            r.met = true; // a reconnection round: both send hello at once (mode rejoin)
+            r.timers.push(setTimeout(() => {
+              if (!r.channelOpen && !r.dead) roundFailed(r, 'no connection');
+            }, REJOIN_OPEN_MS));
+            for (const body of r.hs.start()) send(body);
+          }
+        } else if (frame.type === 'error') {
+          if (n > 0) {
+            roundFailed(r, frame.code);
+            return;
+          }
+          const last = remembered();
+          if (frame.code === 'unknown-nameplate' && last !== null && !reloaded) {
+            // this tab was reloaded during a transfer: the sender waits at its next round
+            reloaded = true;
+            deadline = performance.now() + RECONNECT_MS;
+            retire(r);
+            nextRound(last + 1, 0);
+            return;
+          }
+          const [code, text] = SIGNAL_ERRORS[frame.code] || ['connection', `The ScanBeam server refused the request (${String(frame.code).slice(0, 40)}).`];
+          fail(new P.BeamError(code, frame.code, text));
+        } else if (frame.type === 'peer-closed' || frame.type === 'peer-gone' || frame.type === 'expired') {
+          if (r.channelOpen || finished) return;
+          if (n > 0) {
+            roundFailed(r, frame.type);
+            return;
+          }
+          if (r.waitingRelay || (r.pc && frame.mood !== 'wrong-code')) fail(new P.BeamError('no-path', frame.type, 'No direct connection to the sender could be opened from this network, and the sender did not use the relay.'));
+          else if (frame.mood === 'wrong-code') fail(new P.BeamError('wrong-code', 'wrong code'));
+          else if (frame.type === 'expired') fail(new P.BeamError('unknown-code', 'expired', 'This link expired. Ask the sender for a new one.'));
+          else fail(new P.BeamError('peer-gone', frame.type, 'The sender left before the transfer could start.'));
+        } else if (frame.type === 'msg' && typeof frame.body === 'string') {
+          const msg = r.hs.receive(frame.body);
+          if (!msg) return;
+          if (msg.type === 'offer' && typeof msg.sdp === 'string' && !r.pc) {
+            clearTimeout(r.pairTimer);
+            r.version = msg.version === 2 && r.hs.version === 2 ? 2 : 1;
+            await answer(r, msg.sdp);
+          } else if (msg.type === 'lanes') {
+            // the sender's other paths (TCP lanes, relay pipe): a page has none of them
+          } else if (msg.type === 'relay' && typeof msg.url === 'string' && n === 0) {
+            finished = true;
+            ws.close();
+            if (r.pc) r.pc.close();
+            const target = parseDropUrl(msg.url);
+            if (!target) throw new P.BeamError('protocol', 'bad relay link');
+            await receiveRelay(target.id, target.secret, 'No direct connection opened; the sender uploaded the files to the relay instead.');
+          } else if (msg.type === 'error') {
+            fail(new P.BeamError('peer-gone', 'peer error', 'The sender stopped.'));
+          }
+        }
+      } catch (err) {
+        if (err instanceof P.BeamError && err.code === 'wrong-code') {
+          if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ v: 1, type: 'close', mood: 'wrong-code' }));
+        }
+        fail(err);
+      }
+    };
+  }
+
+  // no direct path: like the CLI, wait (bounded) for the sender's relay link (§4.2)
+  function waitForRelay(r) {
+    if (r.waitingRelay || r.channelOpen || finished || r.dead) return;
+    if (r.n > 0) {
+      roundFailed(r, 'no connection');
+      return;
+    }
+    r.waitingRelay = true;
+    setState('connecting', 'No direct connection: waiting for the sender to upload the files to the relay…');
+    r.timers.push(setTimeout(() => {
+      if (!r.channelOpen && !finished) fail(new P.BeamError('no-path', 'handoff timeout', 'No direct connection to the sender could be opened, and no relay link came.'));
+    }, HANDOFF_TIMEOUT_MS));
+  }
+
+  async function answer(r, sdp) {
+    if (r.n === 0) setState('connecting', 'Opening a direct connection…');
+    let pc;
+    try {
+      pc = new RTCPeerConnection({ iceServers: r.iceServers });
     } catch {
       pc = new RTCPeerConnection({ iceServers: [] }); // a server list the browser refuses
       document.body.dataset.iceServers = '0';
     }
+    r.pc = pc;
     pc.ondatachannel = (ev) => {
-      if (ev.channel.label !== 'scanbeam') return;
-      channel = ev.channel;
+      if (ev.channel.label !== 'scanbeam' || r.dead) return;
+      const channel = ev.channel;
+      r.channel = channel;
       channel.binaryType = 'arraybuffer';
-      channel.onopen = onOpen;
-      channel.onmessage = onMessage;
-      channel.onclose = onClose;
-      if (channel.readyState === 'open') onOpen();
+      channel.onopen = () => onOpen(r);
+      channel.onmessage = (e) => onMessage(r, e);
+      channel.onclose = () => onClose(r);
+      if (channel.readyState === 'open') onOpen(r);
     };
     pc.onconnectionstatechange = () => {
-      if (pc.connectionState !== 'failed' || finished) return;
-      if (channelOpen) onClose();
-      else waitForRelay();
+      if (pc.connectionState !== 'failed' || finished || r.dead) return;
+      if (r.channelOpen) onClose(r);
+      else waitForRelay(r);
     };
     await pc.setRemoteDescription({ type: 'offer', sdp });
     await pc.setLocalDescription(await pc.createAnswer());
@@ -424,38 +554,43 @@ async function receiveDirect(fragment) {
         }
       });
     });
-    send(hs.seal({ type: 'answer', sdp: pc.localDescription.sdp }));
-    timers.push(setTimeout(waitForRelay, CONNECT_TIMEOUT_MS));
+    if (r.dead) return;
+    r.send(r.hs.seal({ type: 'answer', sdp: pc.localDescription.sdp }));
+    // v2: then our paths, as the CLI receiver does (§10.1); the page has only the data channel
+    if (r.version === 2) r.send(r.hs.seal({ type: 'lanes', tcp: [], pipe: false }));
+    r.timers.push(setTimeout(() => waitForRelay(r), CONNECT_TIMEOUT_MS));
   }
 
-  let progress = null;
-  let lastMessage = performance.now();
-  function onOpen() {
-    if (channelOpen) return;
-    channelOpen = true;
-    finished = false;
-    if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ v: 1, type: 'close', mood: 'happy' }));
-    setState('connecting', 'Connected. Waiting for the list of files…');
-    rx = new P.Receiver(hs.keys.session, { window: WINDOW });
-    const idle = setInterval(() => {
-      if (document.body.dataset.state === 'receiving' && performance.now() - lastMessage > IDLE_TIMEOUT_MS) {
-        clearInterval(idle);
-        fail(new P.BeamError('timeout', 'idle', 'The sender stopped sending for a minute; the transfer was stopped.'));
-      }
-      if (document.body.dataset.state === 'error' || document.body.dataset.state === 'done') clearInterval(idle);
-    }, 5000);
+  function onOpen(r) {
+    if (r.channelOpen || r.dead) return;
+    r.channelOpen = true;
+    remember(r.n);
+    lastMessage = performance.now();
+    closeWs(r, 'happy');
+    if (r.n === 0) setState('connecting', 'Connected. Waiting for the list of files…');
+    else setState(accepted ? 'receiving' : 'connecting', accepted ? 'Reconnected. Receiving and checking every piece…' : 'Reconnected. Waiting for the list of files…');
+    r.rx = new P.Receiver(r.hs.keys.session, { window: WINDOW });
+    if (r.version === 2) r.markers = new P.LaneMarkers();
   }
 
   function flush() {
-    if (!rx || !channel || channel.readyState !== 'open') return;
-    for (const rec of rx.out()) channel.send(rec);
+    const r = cur;
+    if (!r || r.dead || !r.rx || !r.channel || r.channel.readyState !== 'open') return;
+    for (const rec of r.rx.out()) r.channel.send(rec);
   }
 
-  function onClose() {
-    if (finished || document.body.dataset.state === 'done') return;
-    if (rx && rx.state === 'done') return;
+  /** The data channel or its ICE connection died, or nothing came for a minute. */
+  function onClose(r) {
+    if (r.dead || finished || document.body.dataset.state === 'done') return;
+    if (r.rx && r.rx.state === 'done') return;
+    // reconnect once the user accepted (mid-transfer); a drop before that ends, as in v1
+    const live = accepted && (!r.rx || !['failed', 'declined'].includes(r.rx.state));
+    if (r.version === 2 && live) {
+      dropped(r, 'channel closed');
+      return;
+    }
     let text = 'The sender left before the transfer finished.';
-    if (rx && rx.state === 'receiving') {
+    if (r.rx && r.rx.state === 'receiving') {
       text = saving && saving.plan
         ? 'The connection to the sender was lost. What was verified is kept in the folder: when the sender runs the same command again, open the new link and pick the same folder to resume.'
         : 'The connection to the sender was lost. When the sender runs the same command again, open the new link: the download starts from the beginning (a browser download cannot be continued; “Save into a folder” can).';
@@ -463,27 +598,116 @@ async function receiveDirect(fragment) {
     fail(new P.BeamError('peer-gone', 'channel closed', text));
   }
 
-  let saving = null;
-  function onMessage(ev) {
+  /** End round r (its connection is gone) and remember what its receiver handed to saving. */
+  function retire(r) {
+    if (r.dead) return;
+    r.dead = true;
+    r.timers.forEach(clearTimeout);
+    closeWs(r, 'error');
+    if (r.pc) r.pc.close();
+    const rx = r.rx;
+    if (rx && accepted && ['receiving', 'verified'].includes(rx.state)) {
+      const files = rx.manifest.files;
+      const cs = rx.manifest.chunkSize;
+      const resume = files.map((f, i) => (i < rx._file ? P.nChunks(f, cs) : i === rx._file ? rx._chunk : 0));
+      const hashes = files.map((f, i) => {
+        if (i < rx._file) {
+          const digest = rx.digests[i];
+          return { update() { throw new Error('file already verified'); }, hexdigest: () => digest };
+        }
+        return i === rx._file ? rx._hash : new P.Sha256();
+      });
+      carry = { resume, hashes };
+      carried += rx._received - rx._released;
+    }
+  }
+
+  /** The transfer's connection dropped: reconnect in rounds (§10.3), bounded by RECONNECT_MS. */
+  function dropped(r, reason) {
+    if (r.dead || finished) return;
+    retire(r);
+    if (saving && saving.plan && spool) spool.requestCommit(); // in case the page is closed now
+    const now = performance.now();
+    if (deadline === null) deadline = now + RECONNECT_MS;
+    document.body.dataset.reconnects = String(Number(document.body.dataset.reconnects || 0) + 1);
+    console.info('scanbeam: connection dropped:', reason);
+    nextRound(r.n + 1, 0);
+  }
+
+  /** Round r failed: before meeting the sender it tries the same n again, after it the next. */
+  function roundFailed(r, reason) {
+    if (r.dead || finished) return;
+    retire(r);
+    console.info('scanbeam: reconnection round', r.n, 'failed:', reason);
+    const delay = Math.min(5000, 500 * 2 ** Math.min(4, (r.tries || 0)));
+    nextRound(r.met ? r.n + 1 : r.n, r.met ? 500 : delay, r.met ? 0 : (r.tries || 0) + 1);
+  }
+
+  function nextRound(n, delay, tries = 0) {
+    const left = deadline - performance.now();
+    if (left <= 0) {
+      const text = saving && saving.plan
+        ? 'The connection to the sender was lost and could not be made again in 5 minutes. What was verified is kept in the folder: when the sender runs the same command again, open the new link and pick the same folder to resume.'
+        : 'The connection to the sender was lost and could not be made again in 5 minutes. When the sender runs the same command again, open the new link: the download starts from the beginning (a browser download cannot be continued; “Save into a folder” can).';
+      fail(new P.BeamError('peer-gone', 'reconnect timed out', text));
+      return;
+    }
+    showReconnecting(accepted ? saving : null);
+    show('connecting', !accepted);
+    setTimeout(() => {
+      if (finished) return;
+      startRound(n);
+      cur.tries = tries;
+    }, Math.min(delay, left));
+  }
+
+  function onMessage(r, ev) {
+    if (r.dead || r !== cur) return;
     lastMessage = performance.now();
+    const rx = r.rx;
     if (typeof ev.data === 'string') {
       rx.fail(new P.BeamError('protocol', 'text message on the data channel'));
     } else {
-      rx.receive(new Uint8Array(ev.data));
+      let data = new Uint8Array(ev.data);
+      if (r.markers) {
+        try {
+          data = r.markers.strip(data);
+        } catch (err) {
+          rx.fail(err);
+          data = null;
+        }
+      }
+      if (data) rx.receive(data);
     }
-    for (const e of rx.events()) handle(e);
+    for (const e of rx.events()) handle(r, e);
     flush();
   }
 
-  function handle(e) {
+  function handle(r, e) {
+    const rx = r.rx;
     if (e.type === 'offered') {
-      showOffer(e.manifest, accept, () => {
+      const key = JSON.stringify([e.manifest.files.map((f) => f.path), e.manifest.totalBytes]);
+      if (accepted) {
+        // a reconnection round: the same files continue without asking again (§10.3)
+        if (key !== accepted) {
+          fail(new P.BeamError('protocol', 'different offer', 'After reconnecting, the sender offered different files; the transfer was stopped.'));
+          return;
+        }
+        rx.accept(carry ? carry.resume : null, carry ? carry.hashes : null);
+        setState('receiving', 'Reconnected. Receiving and checking every piece…');
+        show('connecting', false);
+        flush();
+        for (const e2 of rx.events()) handle(r, e2);
+        return;
+      }
+      const note = reloaded ? 'This page was reloaded, so the transfer starts again from the beginning (with “Save into a folder…” and the same folder, what was verified is kept).' : '';
+      showOffer(e.manifest, (mode) => accept(r, mode, key), () => {
         rx.decline();
         flush();
         finished = true;
-        setTimeout(() => pc.close(), 500);
+        setTimeout(() => r.pc.close(), 500);
         fail(new P.BeamError('declined', 'declined', 'You declined the transfer; nothing was saved.'));
-      });
+      }, { resumeNote: note });
     } else if (e.type === 'chunk') {
       spool.push(e);
       progress.add(e.data.length);
@@ -491,33 +715,36 @@ async function receiveDirect(fragment) {
       spool.verify(e.fileIx);
     } else if (e.type === 'all-verified') {
       saving.done.then(() => {
-        rx.finish();
+        if (r.dead || r.rx.state !== 'verified') return;
+        r.rx.finish();
         flush();
         finishedSaving = true;
-        maybeDone();
+        maybeDone(r);
       }, fail);
     } else if (e.type === 'closed') {
       closed = true;
-      maybeDone();
+      maybeDone(r);
     } else if (e.type === 'failed') {
       fail(e.error);
     }
   }
 
-  let finishedSaving = false;
-  let closed = false;
-  function maybeDone() {
+  function maybeDone(r) {
     if (finishedSaving && closed) {
       finished = true;
-      showDone(rx.manifest, rx.digests, saving.where);
-      setTimeout(() => pc.close(), 500);
+      remember(null);
+      showDone(r.rx.manifest, r.rx.digests, saving.where);
+      setTimeout(() => r.pc.close(), 500);
     }
   }
 
-  async function accept(mode) {
+  async function accept(r, mode, key) {
+    const rx = r.rx;
     $('accept').disabled = true;
     spool = new Spool((n) => {
-      rx.release(n);
+      const old = Math.min(n, carried); // chunks of an earlier round: no credit for this one
+      carried -= old;
+      if (n - old && cur && cur.rx && !cur.dead) cur.rx.release(n - old);
       flush();
     });
     try {
@@ -532,16 +759,27 @@ async function receiveDirect(fragment) {
     }
     saving.done.catch(fail);
     progress = startReceivingView(rx.manifest.totalBytes);
+    accepted = key;
     if (saving.plan) {
+      carry = { resume: saving.plan.resume, hashes: saving.plan.hashes };
       progress.add(saving.plan.held);
       if (saving.plan.held) $('progress-note').textContent = `Resumed: ${humanBytes(saving.plan.held)} were already in the folder and verified again.`;
+    }
+    if (r.dead || rx.state !== 'offered') {
+      // the connection dropped while the user chose: the next round's offer continues
+      showReconnecting(saving);
+      return;
+    }
+    if (saving.plan) {
       rx.accept(saving.plan.resume, saving.plan.hashes);
     } else {
       rx.accept();
     }
     flush();
-    if (!rx.manifest.files.length) for (const e of rx.events()) handle(e);
+    if (!rx.manifest.files.length) for (const e of rx.events()) handle(r, e);
   }
+
+  startRound(0);
 }
 
 // ---------------------------------------------------------------- relay (§9)

@@ -425,19 +425,23 @@ export class Sha256 {
 
 // ---------------------------------------------------------------- link-mode pairing (§4)
 
-/** The receiver's half of link-mode pairing plus sealed envelopes (peer/proto/handshake.py). */
+/** The receiver's half of link-mode pairing plus sealed envelopes (peer/proto/handshake.py).
+ * With ``master`` (a reconnection round's master, §10.3) it pairs in mode ``rejoin``: no
+ * {"t":"link"} body, and both sides send their hello at once. */
 export class LinkHandshake {
-  constructor(linkSecret) {
-    this.keys = pairingKeys(linkMaster(linkSecret));
+  constructor(linkSecret, { master = null } = {}) {
+    this.keys = pairingKeys(master || linkMaster(linkSecret));
+    this.mode = master ? 'rejoin' : 'link';
     this.sendSeq = 0;
     this.recvSeq = 0;
     this.paired = false;
     this.version = 0;
   }
 
-  /** Bodies to send first: {"t":"link"} then our hello. */
+  /** Bodies to send first: {"t":"link"} (link mode only) then our hello. */
   start() {
-    return [JSON.stringify({ t: 'link' }), this.seal({ type: 'hello', versions: [1], role: 'r' })];
+    const hello = this.seal({ type: 'hello', versions: VERSIONS, role: 'r' });
+    return this.mode === 'rejoin' ? [hello] : [JSON.stringify({ t: 'link' }), hello];
   }
 
   static ad(direction, seq) {
@@ -480,12 +484,61 @@ export class LinkHandshake {
     const message = jsonBody(plain);
     if (!this.paired) {
       if (message.type !== 'hello' || !Array.isArray(message.versions)) throw new BeamError('protocol', 'first envelope is not hello');
-      if (!message.versions.includes(1)) throw new BeamError('version', 'no common protocol version');
+      const common = VERSIONS.filter((v) => message.versions.includes(v));
+      if (!common.length) throw new BeamError('version', 'no common protocol version');
       this.paired = true;
-      this.version = 1;
+      this.version = Math.max(...common);
       return null;
     }
     return message;
+  }
+}
+
+/** Protocol versions the page speaks: v1, and v2 with exactly one lane, the data channel. */
+export const VERSIONS = [1, 2];
+
+// ---------------------------------------------------------------- protocol v2 (§10)
+
+/** The signaling rendezvous id (32 hex) of reconnection round ``n`` ≥ 1 (§10.3). */
+export function rendezvousId(master0, n) {
+  if (!(n >= 1)) throw new Error('rounds count from 1');
+  return hex(kdf(master0, `scanbeam v2 rendezvous ${n}`, 16));
+}
+
+/** The master of reconnection round ``n`` ≥ 1: every key of the round derives from it. */
+export function roundMaster(master0, n) {
+  if (!(n >= 1)) throw new Error('rounds count from 1');
+  return kdf(master0, `scanbeam v2 round ${n}`);
+}
+
+/**
+ * Lane markers on the page's only lane, the data channel (§10.4): START(0) comes first,
+ * records follow; the sender has no other lane to move to, but END(g) then START(g+1) on
+ * the same lane is still in order. strip(message) returns the record, or null for a marker;
+ * a record before START, a marker out of order or a malformed marker is a protocol error.
+ */
+export class LaneMarkers {
+  constructor() {
+    this.gen = 0;
+    this.open = false;
+  }
+
+  strip(data) {
+    if (!data.length || data[0] !== 0) {
+      if (!this.open) throw new BeamError('protocol', 'record before the lane START marker');
+      return data;
+    }
+    if (data.length !== 6 || (data[1] !== 1 && data[1] !== 2)) throw new BeamError('protocol', 'malformed lane marker');
+    const gen = ((data[2] << 24) >>> 0) + (data[3] << 16) + (data[4] << 8) + data[5];
+    if (data[1] === 1 && !this.open && gen === this.gen) {
+      this.open = true;
+    } else if (data[1] === 2 && this.open && gen === this.gen) {
+      this.open = false;
+      this.gen += 1;
+    } else {
+      throw new BeamError('protocol', `lane marker out of order (${data[1] === 1 ? 'START' : 'END'} ${gen})`);
+    }
+    return null;
   }
 }
 

@@ -10,6 +10,8 @@ import { BeamError } from './proto.js';
  * when the saving side took n chunks (the receiver grants credit then), so the number of
  * chunks held here never exceeds the sender's credit window.
  */
+const COMMIT = Symbol('commit');
+
 export class Spool {
   constructor(onConsumed) {
     this.items = [];
@@ -33,6 +35,21 @@ export class Spool {
   fail(error) {
     if (!this.error) this.error = error;
     this._notify();
+  }
+
+  /** Ask the folder writer to commit what it wrote so far (the connection dropped: if the
+   * page is closed while it reconnects, the next link resumes from the committed part). */
+  requestCommit() {
+    this.commitWanted = true;
+    const w = this._commitWake;
+    this._commitWake = null;
+    if (w) w();
+  }
+
+  _commitSignal() {
+    return new Promise((resolve) => {
+      this._commitWake = () => resolve(COMMIT);
+    });
   }
 
   /** Resolves once file ``fileIx`` was verified (for files already held in full). */
@@ -158,6 +175,10 @@ export async function saveViaServiceWorker({ stream, name, size, mime }) {
   const port = channel.port1;
   const reader = stream.getReader();
   const keepAlive = setInterval(() => reg.active && reg.active.postMessage({ type: 'ping' }), 10000);
+  // the page goes away mid-download (closed, reloaded, another link opened while it was
+  // reconnecting): fail the download now rather than leave it waiting for bytes forever
+  const gone = () => port.postMessage({ type: 'error', message: 'the page was closed' });
+  window.addEventListener('pagehide', gone);
   try {
     await new Promise((resolve, reject) => {
       port.onmessage = async ({ data }) => {
@@ -188,6 +209,7 @@ export async function saveViaServiceWorker({ stream, name, size, mime }) {
       reg.active.postMessage({ type: 'download', id, name, size, mime }, [channel.port2]);
     });
   } finally {
+    window.removeEventListener('pagehide', gone);
     clearInterval(keepAlive);
     port.close();
   }
@@ -283,16 +305,29 @@ export async function saveToFolder(root, manifest, spool, plan) {
     const n = Math.max(1, Math.ceil(f.size / cs));
     const staged = await plan.staging.getFileHandle(`f${i}`, { create: true });
     if (plan.resume[i] < n) {
-      const writable = await staged.createWritable({ keepExistingData: true });
+      let writable = await staged.createWritable({ keepExistingData: true });
       const start = plan.resume[i] * cs;
       await writable.truncate(start);
       await writable.seek(start);
       const reader = spool.fileStream(i).getReader();
+      let pos = start;
       try {
+        let pending = reader.read();
         for (;;) {
-          const { value, done } = await reader.read();
+          const got = await Promise.race([pending, spool._commitSignal()]);
+          if (spool.commitWanted) {
+            // commit what was written (a File System Access write lands only on close)
+            spool.commitWanted = false;
+            await writable.close();
+            writable = await staged.createWritable({ keepExistingData: true });
+            await writable.seek(pos);
+          }
+          if (got === COMMIT) continue;
+          const { value, done } = got;
           if (done) break;
           await writable.write(value);
+          pos += value.length;
+          pending = reader.read();
         }
       } catch (err) {
         await writable.close().catch(() => {}); // keep the authenticated chunks for a resume
