@@ -28,11 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.raw_dc import measure as raw_aiortc_mbps  # noqa: E402
+from bench.raw_dc import send_zeros  # noqa: E402
 from tests.browser.conftest import CHROMIUM, own_address  # noqa: E402
 from tests.conftest import spawn, start_send, start_server, stop_server  # noqa: E402
 
 MiB = 1024 * 1024
-MSG = 65536
 
 RAW_RECEIVER = """async ([offer, total]) => {
   const pc = new RTCPeerConnection({ iceServers: [] });
@@ -80,15 +80,7 @@ def _raw_sender(conn: Any, total: int) -> None:
         conn.send(pc.localDescription.sdp)
         await pc.setRemoteDescription(RTCSessionDescription(conn.recv(), "answer"))
         await asyncio.wait_for(opened.wait(), 30)
-        payload = bytes(MSG)
-        sent = 0
-        while sent < total:
-            ch.send(payload)
-            sent += MSG
-            if ch.bufferedAmount > high:
-                low = asyncio.Event()
-                ch.once("bufferedamountlow", low.set)
-                await low.wait()
+        await send_zeros(ch, total, high)
         await asyncio.wait_for(done.wait(), 600)
         await pc.close()
 

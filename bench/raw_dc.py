@@ -12,11 +12,25 @@ import asyncio
 import json
 import multiprocessing as mp
 import time
+from typing import Any
 
 import uvloop
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 MSG = 65536
+
+
+async def send_zeros(ch: Any, total: int, high: int) -> None:
+    """Send ``total`` bytes of MSG-sized messages, paced by the buffered-amount low event."""
+    payload = bytes(MSG)
+    sent = 0
+    while sent < total:
+        ch.send(payload)
+        sent += MSG
+        if ch.bufferedAmount > high:
+            low = asyncio.Event()
+            ch.once("bufferedamountlow", low.set)
+            await low.wait()
 
 
 async def _sender(conn, total: int, high: int) -> None:
@@ -31,15 +45,7 @@ async def _sender(conn, total: int, high: int) -> None:
     conn.send(pc.localDescription.sdp)
     await pc.setRemoteDescription(RTCSessionDescription(conn.recv(), "answer"))
     await opened.wait()
-    payload = bytes(MSG)
-    sent = 0
-    while sent < total:
-        ch.send(payload)
-        sent += MSG
-        if ch.bufferedAmount > high:
-            low = asyncio.Event()
-            ch.once("bufferedamountlow", low.set)
-            await low.wait()
+    await send_zeros(ch, total, high)
     await asyncio.wait_for(done.wait(), 600)
     await pc.close()
 
