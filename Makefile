@@ -1,5 +1,7 @@
 # Quick start: `make demo` and `make test` on a fresh machine (they set everything up).
 SHELL := /bin/bash
+# apt never asks questions (fresh CI machines have no terminal)
+export DEBIAN_FRONTEND := noninteractive
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
