@@ -85,6 +85,15 @@ def mount(settings: RelaySettings, *, clock: Callable[[], float] = time.time) ->
     return RelayMount(settings, clock=clock)
 
 
+def new_drop_id() -> str:
+    """22 base64url characters (128 random bits) that never start with "-", so the id
+    cannot be taken for an option when pasted after `scanbeam drops log`."""
+    while True:
+        drop_id = secrets.token_urlsafe(16)
+        if not drop_id.startswith("-"):
+            return drop_id
+
+
 class RelayMount:
     """Routes, storage and sweeper of one relay. Call it with the application to mount it
     (once); storage opens when the application starts and closes when it is cleaned up."""
@@ -211,7 +220,7 @@ class RelayMount:
         create = self.rules.parse_create(body)
         free = (await asyncio.to_thread(shutil.disk_usage, self.settings.data_dir)).free
         reserved = await self.meta.reserved_bytes(now)
-        drop_id = secrets.token_urlsafe(16)
+        drop_id = new_drop_id()
         outcome = self.rules.create(
             create,
             drop_id=drop_id,

@@ -638,3 +638,12 @@ async def test_no_secret_reaches_the_database_or_the_logs(
     text = caplog.text + "".join(str(r.args) for r in caplog.records)
     for needle in needles:
         assert needle.decode(errors="replace") not in text
+
+
+def test_drop_ids_never_start_with_a_dash() -> None:
+    """An id is pasted after `scanbeam drops log`: a leading "-" would read as an option."""
+    from relay.app import new_drop_id
+
+    ids = [new_drop_id() for _ in range(4000)]
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+    assert len(set(ids)) == len(ids)
