@@ -248,15 +248,30 @@ class RtcLink:
         return item
 
     async def flush_and_close(self, within: float = 5.0) -> None:
-        """Wait (bounded) until everything queued was handed to the network, then close."""
+        """Wait (bounded) until the peer acknowledged everything queued, then close.
+
+        A zero ``bufferedAmount`` only means the records reached SCTP's queues; closing
+        then can lose the last ones (a Ctrl-C's ERROR record), so the SCTP association's
+        unsent and unacknowledged chunks are waited for too.
+        """
         ch = self._channel
         if ch is not None and not self._dead.is_set():
             loop = asyncio.get_running_loop()
             deadline = loop.time() + within
-            # no event fires at 'fully drained', so poll briefly
-            while ch.bufferedAmount > 0 and loop.time() < deadline and not self._dead.is_set():  # noqa: ASYNC110
+            # no event fires at 'fully delivered', so poll briefly
+            while (ch.bufferedAmount > 0 or self._sctp_backlog()) and not self._dead.is_set():
+                if loop.time() >= deadline:
+                    break
                 await asyncio.sleep(0.02)
         await self.close()
+
+    def _sctp_backlog(self) -> bool:
+        """Whether SCTP still holds chunks not acknowledged by the peer (aiortc internals,
+        read defensively: an aiortc without them counts as delivered)."""
+        sctp = self.pc.sctp
+        if sctp is None:
+            return False
+        return bool(getattr(sctp, "_outbound_queue", ())) or bool(getattr(sctp, "_sent_queue", ()))
 
     async def close(self) -> None:
         if self._closed:
