@@ -14,8 +14,9 @@ import dataclasses
 import os
 import re
 import secrets
+import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -414,10 +415,15 @@ async def send(
     else:
         sources = collect_sources(paths)
         summary, remap = None, None
-    # headers and one image per series are read: off the event loop (the TUI stays live)
-    manifest = await asyncio.to_thread(_build_manifest, sources, settings, summary, remap)
+    # headers and one image per series are read off the event loop (the TUI stays live),
+    # while the code is shown and the receiver joins: the offer waits for it (§5.2)
+    scan = _Scan(sources, settings, summary, remap)
     deid_label = prepared.label if prepared is not None else ""
-    client = await _connect(settings, settings.server)
+    try:
+        client = await _connect(settings, settings.server)
+    except BaseException:
+        await scan.close()
+        raise
     try:
         try:
             nameplate = await client.allocate()
@@ -443,7 +449,7 @@ async def send(
                     client,
                     pairing,
                     paired,
-                    manifest,
+                    scan,
                     sources,
                     on_event,
                     nameplate,
@@ -485,6 +491,7 @@ async def send(
             with contextlib.suppress(SignalingError):
                 await client.close("happy")
             on_event(Connected(link.via))
+            manifest = await scan.result()
             try:
                 done = await _send_over(link, paired, manifest, sources, settings, on_event)
             except BeamError as exc:
@@ -505,8 +512,75 @@ async def send(
         finally:
             await link.close()
     finally:
+        await scan.close()
         with contextlib.suppress(Exception):
             await client.close("error")
+
+
+class _ScanCancelled(Exception):
+    """The offer is no longer needed (the send stopped before it was sent)."""
+
+
+class _Scan:
+    """The offer's manifest, built in a worker thread from the moment ``send`` starts.
+
+    The code is shown at once; headers and previews are read while the receiver types
+    it and the connection opens. :meth:`close` stops an unfinished scan at the next file
+    (a thread cannot be cancelled), so a stopped send does not wait for a large study.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[SourceFile],
+        settings: Settings,
+        summary: dict[str, Any] | None,
+        remap: Callable[[str], str] | None,
+    ) -> None:
+        self._stop = threading.Event()
+        watched = _Watched(sources, self._stop)
+        self._job = asyncio.ensure_future(
+            asyncio.to_thread(_build_manifest, watched, settings, summary, remap)
+        )
+
+    async def result(self) -> Manifest:
+        """The manifest (waits for the scan).
+
+        Raises:
+            BeamError: the scan failed.
+        """
+        return await asyncio.shield(self._job)
+
+    def ready(self) -> Manifest | None:
+        """The manifest when the scan has finished, else None."""
+        if self._job.done() and not self._job.cancelled() and self._job.exception() is None:
+            return self._job.result()
+        return None
+
+    async def close(self) -> None:
+        """Stop the scan if it still runs and wait for its thread (idempotent)."""
+        self._stop.set()
+        with contextlib.suppress(BaseException):
+            await self._job
+
+
+class _Watched(Sequence[SourceFile]):
+    """``sources`` for the scan: iterating stops with ``_ScanCancelled`` once ``stop`` is set."""
+
+    def __init__(self, sources: Sequence[SourceFile], stop: threading.Event) -> None:
+        self._sources = sources
+        self._stop = stop
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._sources[index]
+
+    def __iter__(self) -> Iterator[SourceFile]:
+        for source in self._sources:
+            if self._stop.is_set():
+                raise _ScanCancelled
+            yield source
 
 
 def _disclose(
@@ -610,7 +684,7 @@ async def _tell_cancelled(
     with contextlib.suppress(BaseException):
         machine.fail(CancelledByUser("cancelled"))
         flush()
-        await link.flush_and_close(1.0)
+        await link.flush_and_close(2.0)
 
 
 async def _recv(link: RtcLink | SenderLanes | ReceiverLanes, idle: float | None) -> bytes:
@@ -915,7 +989,13 @@ async def _receive_over(
 
     try:
         while True:
-            timeout = settings.pair_timeout if machine.manifest is None else settings.idle_timeout
+            # before the offer the sender may still be reading a large study's headers
+            # (§5.2): a dead sender closes the connection, so wait as long as for a join
+            timeout = (
+                max(settings.pair_timeout, settings.wait_timeout)
+                if machine.manifest is None
+                else settings.idle_timeout
+            )
             try:
                 data = await _recv(link, timeout)
             except PeerGone:
@@ -1402,18 +1482,19 @@ async def _send_v2(
     client: SignalingClient,
     pairing: _Pairing,
     paired: Paired,
-    manifest: Manifest,
+    scan: _Scan,
     sources: Sequence[SourceFile],
     on_event: OnEvent,
     nameplate: str,
     on_no_path: HandOff | None,
     deid_label: str,
 ) -> Done:
-    last: list[Manifest] = [manifest]
+    last: list[Manifest] = []
 
     async def run(rnd: _Round, paired: Paired, round_no: int, stats: dict[str, int]) -> Done:
+        manifest = await scan.result()
         m = manifest if round_no == 0 else _fresh_prefixes(manifest)
-        last[0] = m
+        last[:] = [m]
         assert isinstance(rnd.mux, SenderLanes)
         quiet = _quiet_done(on_event)
         done = await _send_over(rnd.mux, paired, m, sources, settings, quiet, stats)
@@ -1442,8 +1523,9 @@ async def _send_v2(
             on_no_path=hand_off,
         )
     except BeamError as exc:
-        if not isinstance(exc, NoPathError):
-            _disclose(settings, last[0], "direct", f"code {nameplate}", exc, (), deid=deid_label)
+        offered = last[0] if last else scan.ready()
+        if not isinstance(exc, NoPathError) and offered is not None:
+            _disclose(settings, offered, "direct", f"code {nameplate}", exc, (), deid=deid_label)
         raise
     _disclose(settings, last[0], done.via, f"code {nameplate}", None, done.digests, deid=deid_label)
     return done
