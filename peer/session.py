@@ -687,6 +687,41 @@ async def _tell_cancelled(
         await link.flush_and_close(2.0)
 
 
+BATCH_MESSAGES = 64  # records the receiver authenticates and unpacks in one worker call
+
+
+def _queued(link: RtcLink | ReceiverLanes, first: bytes) -> list[bytes]:
+    """``first`` and the records already queued behind it (at most `BATCH_MESSAGES`).
+    A closed link ends the batch; the next receive reports it."""
+    batch = [first]
+    with contextlib.suppress(BeamError):
+        while len(batch) < BATCH_MESSAGES:
+            more = link.recv_nowait()
+            if more is None:
+                break
+            batch.append(more)
+    return batch
+
+
+def _feed_all(machine: rx.Receiver, batch: Sequence[bytes]) -> None:
+    for item in batch:
+        machine.receive_message(item)
+
+
+async def _feed_off_loop(machine: rx.Receiver, batch: Sequence[bytes]) -> None:
+    """Feed ``batch`` to the receiver core in a worker thread: decryption, decompression
+    and hashing release the GIL, so the event loop keeps reading the network meanwhile.
+    The core is never used by two threads at once: a cancellation waits for the worker
+    before it is passed on (the caller then tells the sender)."""
+    work = asyncio.get_running_loop().run_in_executor(None, _feed_all, machine, batch)
+    try:
+        await asyncio.shield(work)
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            await work
+        raise
+
+
 async def _recv(link: RtcLink | SenderLanes | ReceiverLanes, idle: float | None) -> bytes:
     data = link.recv_nowait()  # fast path: no timer or task per message
     if data is not None:
@@ -1004,7 +1039,12 @@ async def _receive_over(
                 if machine.state is rx.ReceiverState.FAILED and machine.error is not None:
                     raise machine.error from None  # the sender said why before it closed
                 raise
-            machine.receive_message(data)
+            batch = _queued(link, data)
+            if len(batch) > 1 and machine.state is rx.ReceiverState.RECEIVING:
+                await _feed_off_loop(machine, batch)
+            else:
+                for item in batch:
+                    machine.receive_message(item)
             for ev in machine.events_received():
                 if isinstance(ev, rx.Offered):
                     if machine.state is not rx.ReceiverState.OFFERED:
