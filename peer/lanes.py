@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import os
 import socket
 import time
@@ -80,6 +81,11 @@ DEATH_GRACE = 1.0  # seconds the sender still listens on other lanes after its l
 PROBE_HIGH_WATER = 256 * 1024  # data channel bytes queued while it is probed
 PROBE_STALL = 0.5  # a probed lane whose drain blocks this long is given up at once
 TCP_HIGH_WATER = 1 << 20  # bytes queued on a TCP or pipe lane before drain() waits
+# The fastest a data channel is expected to go: aiortc's SCTP is CPU-bound in Python at
+# ~20 MB/s, ~35-40 MB/s with uvloop (2-core reference machine); this leaves room for faster ones.
+# It would need SWITCH_RATIO times the current lane's rate to win: above DC_CEILING /
+# SWITCH_RATIO (46 MB/s) probing it only costs.
+DC_CEILING = 60e6
 
 
 class LaneSink:
@@ -94,6 +100,10 @@ class LaneSink:
 
 class Lane:
     """One path to the peer that carries whole messages (records and lane markers)."""
+
+    #: bytes/s this kind of lane cannot beat (`DC_CEILING` for a data channel): it is not
+    #: probed while `SWITCH_RATIO` times the current lane's rate is above this
+    ceiling: float = math.inf
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -132,6 +142,8 @@ class Lane:
 
 class DcLane(Lane):
     """The data channel as a lane; its name is "direct" or "turn"."""
+
+    ceiling = DC_CEILING
 
     def __init__(self, link: RtcLink) -> None:
         super().__init__(link.via)
@@ -556,6 +568,7 @@ class SenderLanes(_Mux):
         self._gen = 0
         self._meters: dict[Lane, _Meter] = {}
         self._clock: tuple[float, int] | None = None
+        self._warm = False  # the first measurement of the transfer is a warm-up, discarded
         self._gate = 0
         self._baseline: Lane | None = None
         self._on_switch = on_switch
@@ -682,6 +695,11 @@ class SenderLanes(_Mux):
         hopeless = base is not None and moved / elapsed < self._meters[base].rate / EARLY_RATIO
         if not hopeless and elapsed < PROBE_SECONDS and moved < PROBE_BYTES:
             return
+        if not self._warm:
+            # TCP slow start and the receiver's first files: not the lane's rate
+            self._warm = True
+            self._clock = (now, self.bytes[lane])
+            return
         meter = self._meters[lane]
         meter.rate = moved / elapsed
         self._clock = (now, self.bytes[lane])
@@ -706,6 +724,8 @@ class SenderLanes(_Mux):
         for other in self.lanes:
             if other is lane or other.dead:
                 continue
+            if SWITCH_RATIO * meter.rate > other.ceiling:
+                continue  # it could not win even at its best
             m = self._meters[other]
             wait = RECHECK_SECONDS if m.losses < 2 else REPROBE_SECONDS
             if m.probed is None or now - m.probed > wait:

@@ -121,7 +121,7 @@ async def test_a_probe_that_stalls_is_given_up_at_once(monkeypatch: pytest.Monke
     fast, stuck = Scripted("tcp"), Stalling("direct")
     mux.add(fast)
     mux.add(stuck)
-    drive(mux, {"tcp": 200e6, "direct": 1.0}, 0.3)  # measured, then the probe starts
+    drive(mux, {"tcp": 200e6, "direct": 1.0}, 0.6)  # warm-up, measured, then the probe starts
     assert mux.current is stuck and stuck.probed == [True]
     mux.send(PAYLOAD)
     await mux.drain()  # blocks: given up after PROBE_STALL
@@ -160,3 +160,37 @@ def test_thresholds_are_the_documented_ones() -> None:
         0.25,
     )
     assert int(MarkerKind.START) == 1
+
+
+def test_a_data_channel_is_not_probed_while_the_lane_is_far_above_its_ceiling() -> None:
+    moves: list[tuple[str, str]] = []
+    mux = SenderLanes(on_switch=lambda a, b: moves.append((a, b)))
+    tcp, dc = Scripted("tcp"), Scripted("direct")
+    dc.ceiling = lanes.DC_CEILING
+    mux.add(tcp)
+    mux.add(dc)
+    fast = lanes.DC_CEILING / lanes.SWITCH_RATIO * 1.1
+    t = drive(mux, {"tcp": fast, "direct": 20e6}, 30.0)
+    assert moves == []  # it could not win even at its ceiling
+    # the TCP lane slows down (a congested link): the data channel may now win
+    before = dict(mux.paths)
+    drive(mux, {"tcp": 10e6, "direct": 20e6}, 30.0, t)
+    assert moves[0] == ("tcp", "direct")
+    after = dict(mux.paths)
+    # twice as fast: it carries most of the rest (the TCP lane is still probed now and then)
+    assert after["direct"] - before.get("direct", 0) > 2 * (after["tcp"] - before["tcp"])
+
+
+def test_the_first_measurement_is_a_warm_up() -> None:
+    moves: list[tuple[str, str]] = []
+    mux = SenderLanes(on_switch=lambda a, b: moves.append((a, b)))
+    tcp, dc = Scripted("tcp"), Scripted("direct")
+    dc.ceiling = lanes.DC_CEILING
+    mux.add(tcp)
+    mux.add(dc)
+    # slow start: a rate that would make the data channel worth a probe ...
+    t = drive(mux, {"tcp": 20e6, "direct": 20e6}, lanes.MIN_PROBE_SECONDS + 0.01)
+    # ... then the lane's real rate, far above the data channel's ceiling
+    drive(mux, {"tcp": 200e6, "direct": 20e6}, 10.0, t)
+    assert moves == []
+    assert mux._meters[tcp].rate * lanes.SWITCH_RATIO > lanes.DC_CEILING
