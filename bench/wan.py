@@ -13,6 +13,7 @@ wanemu with the row's conditions. Per row, in the same run and on the same link:
     python bench/wan.py                         # ~1 GB study, the four rows of issue 7
     python bench/wan.py --size 100MB --limit 300  # a quicker run
     python bench/wan.py --rows 1,2              # some rows only (1-based)
+    python bench/wan.py --data random           # the same files, incompressible
 
 A tool that is still running after --limit seconds is stopped; its row then shows the bytes it
 moved and the time it would need at that rate (marked ">"). Results go to bench/out/wan.json.
@@ -100,7 +101,8 @@ def run_scanbeam(lab: Lab, url: str, study: Path, total: int, limit: float) -> R
         env=_env(lab.tmp / "home-b"), stderr=subprocess.DEVNULL,
     )  # fmt: skip
     assert recv.stdout is not None
-    state: dict[str, Any] = {"moved": 0, "done": False, "via": "?", "error": None}
+    state: dict[str, Any] = {"moved": 0, "done": False, "via": "?", "error": None, "paths": []}
+    marks: dict[str, float] = {}  # seconds from the sender's start to the receiver's events
 
     def follow() -> None:
         assert recv.stdout is not None
@@ -108,12 +110,14 @@ def run_scanbeam(lab: Lab, url: str, study: Path, total: int, limit: float) -> R
             if not line.startswith("{"):
                 continue
             ev = json.loads(line)
+            marks.setdefault(str(ev["event"]), time.monotonic() - t0)
             if ev["event"] == "connected":
                 state["via"] = str(ev["via"])
             elif ev["event"] == "progress":
                 state["moved"] = int(ev["bytes"])
             elif ev["event"] == "done":
                 state.update(moved=int(ev["bytes"]), done=True, via=str(ev["via"]))
+                state["paths"] = ev.get("paths", [])
             elif ev["event"] == "error":
                 state["error"] = ev
 
@@ -131,7 +135,9 @@ def run_scanbeam(lab: Lab, url: str, study: Path, total: int, limit: float) -> R
     if done and _tree_bytes(out) != total:
         raise RuntimeError("scanbeam: received bytes differ from the study's")
     shutil.rmtree(out, ignore_errors=True)
-    return Result("scanbeam", seconds, moved, total, done, note=f"via {via}")
+    shares = ", ".join(f"{p['via']} {p['bytes'] / 1e6:.0f} MB" for p in state["paths"])
+    phases = ", ".join(f"{k} {v:.1f} s" for k, v in marks.items() if k != "progress")
+    return Result("scanbeam", seconds, moved, total, done, note=f"via {via} [{shares}] ({phases})")
 
 
 def run_wormhole(lab: Lab, study: Path, total: int, limit: float) -> Result:
@@ -236,6 +242,17 @@ def _services(lab: Lab) -> str:
         time.sleep(0.2)
 
 
+def _randomize(root: Path) -> None:
+    """Overwrite every file under ``root`` with random bytes of the same size (streamed)."""
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        left = path.stat().st_size
+        with path.open("r+b") as fh:
+            while left > 0:
+                n = min(left, 1 << 20)
+                fh.write(os.urandom(n))
+                left -= n
+
+
 def _label(w: Wan) -> str:
     return f"{w.rtt_ms:g} ms, {w.loss * 100:g} %, {w.rate_mbit:g} Mbit/s"
 
@@ -246,13 +263,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", default="1,2,3,4", help="rows to run, 1-based, comma-separated")
     ap.add_argument("--limit", type=float, default=1200.0, help="seconds per tool and row")
     ap.add_argument("--tools", default="scanbeam,wormhole,tcp")
+    ap.add_argument(
+        "--data",
+        choices=("ct", "random"),
+        default="ct",
+        help="ct: the synthetic CT study; random: the same files filled with random bytes "
+        "(incompressible)",
+    )
     ap.add_argument("--out", type=Path, default=HERE / "out" / "wan.json")
     ap.add_argument("--table", type=Path, help="only print the table of a saved --out file")
     args = ap.parse_args(argv)
     if args.table:
         saved = json.loads(args.table.read_text())
         tools = [r["tool"] for r in saved["rows"][0]["results"]]
-        _table(saved["rows"], tools, saved["bytes"])
+        _table(saved["rows"], tools, saved["bytes"], saved.get("data", "ct"))
         return 0
     if not (WORMHOLE_BIN / "wormhole").exists():
         print("magic-wormhole is not installed: run `make bench-wan`", file=sys.stderr)
@@ -265,8 +289,11 @@ def main(argv: list[str] | None = None) -> int:
             [sys.executable, "-m", "peer.dicom.synth", str(study), "--size", args.size],
             check=True, cwd=ROOT, capture_output=True,
         )  # fmt: skip
+        if args.data == "random":
+            _randomize(study)
         total = _tree_bytes(study)
-        print(f"study: {total / 1e6:.0f} MB, {sum(1 for _ in study.rglob('*.dcm'))} files")
+        files = sum(1 for p in study.rglob("*") if p.is_file())
+        print(f"study: {total / 1e6:.0f} MB, {files} files, {args.data}")
         rows: list[dict[str, Any]] = []
         for index in (int(i) for i in args.rows.split(",")):
             wan = ROWS[index - 1]
@@ -274,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                 url = _services(lab)
                 results = []
                 for tool in tools:
+                    os.sync()  # the last tool's written files must not be flushed during this one
                     if tool == "scanbeam":
                         r = run_scanbeam(lab, url, study, total, args.limit)
                     elif tool == "wormhole":
@@ -290,10 +318,11 @@ def main(argv: list[str] | None = None) -> int:
                     "wanemu": emu,
                 }
             )
-        _table(rows, tools, total)
+        _table(rows, tools, total, args.data)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         report = {
             "bytes": total,
+            "data": args.data,
             "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
             "rows": rows,
         }
@@ -313,7 +342,7 @@ def _ratio(a: Result | None, b: Result | None) -> str:
     return f"> {a.seconds / b.seconds:.1f} (est. {a.seconds * a.total / a.moved / b.seconds:.1f})"
 
 
-def _table(rows: list[dict[str, Any]], tools: list[str], total: int) -> None:
+def _table(rows: list[dict[str, Any]], tools: list[str], total: int, data: str = "ct") -> None:
     print(f"\n| RTT, loss, rate | {' | '.join(tools)} | ScanBeam ÷ wormhole | ScanBeam ÷ TCP |")
     print("|---" * (len(tools) + 3) + "|")
     for row in rows:
@@ -325,7 +354,8 @@ def _table(rows: list[dict[str, Any]], tools: list[str], total: int) -> None:
         ratios = [_ratio(res.get("scanbeam"), res.get(other)) for other in ("wormhole", "tcp")]
         print(f"| {label} | {' | '.join(cells)} | {' | '.join(ratios)} |")
     print(
-        f"\n{total / 1e6:.0f} MB synthetic CT; times from the sender's start to the receiver's end."
+        f"\n{total / 1e6:.0f} MB {'synthetic CT' if data == 'ct' else 'of random bytes'}; "
+        "times from the sender's start to the receiver's end."
     )
 
 
