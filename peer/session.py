@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import logging
 import os
 import re
 import secrets
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from peer.compression import CompressionChoice
 from peer.dicom.complete import format_completeness
 from peer.dicom.summary import format_summary, summarize
 from peer.errors import (
@@ -71,6 +73,8 @@ from peer.state import Disclosure, LocalState, digest_of, study_uids
 from peer.units import human_bytes, human_duration, human_rate
 from signaling.client import SignalingClient, SignalingError
 from signaling.ice import IceServer
+
+log = logging.getLogger("scanbeam.session")
 
 if TYPE_CHECKING:
     from peer.dicom.deid.stream import Prepared
@@ -751,6 +755,12 @@ async def _send_over(
     wake = asyncio.Event()
     progress: _Progress | None = None
     held = 0
+    # compression only while it pays (§5.2): measured once the transfer is fast
+    choice = CompressionChoice(time.monotonic()) if settings.compress else None
+    fed = 0
+
+    def moves() -> int:
+        return len(link.switches) if isinstance(link, SenderLanes) else 0
 
     def flush() -> None:
         for rec in machine.data_to_send():
@@ -820,6 +830,12 @@ async def _send_over(
             flush()
             if req.transmit and progress is not None:
                 progress.add(req.length)
+            if req.transmit and choice is not None:
+                fed += req.length
+                change = choice.update(time.monotonic(), fed, moves())
+                if change is not None:
+                    machine.set_compression(change)
+                    log.info("compression %s", "on" if change else "off")
             await link.drain()
         if progress is not None:
             progress.add(0, force=True)

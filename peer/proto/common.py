@@ -71,6 +71,7 @@ class ChunkPacker:
 
     def __init__(self, level: int | None) -> None:
         self._zstd = zstandard.ZstdCompressor(level=level) if level is not None else None
+        self.enabled = True  # the adapter may pause compression (a fast link, a busy CPU)
         self.skip = 0
         self.bytes_in = 0
         self.bytes_out = 0
@@ -80,7 +81,7 @@ class ChunkPacker:
 
     def pack(self, data: bytes) -> tuple[bytes, bool]:
         """Return (body, compressed)."""
-        if self._zstd is None or len(data) < 512:
+        if self._zstd is None or not self.enabled or len(data) < 512:
             return data, False
         if self.skip > 0:
             self.skip -= 1

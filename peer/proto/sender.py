@@ -238,6 +238,17 @@ class Sender:
         """The receiver's latest cumulative credit (0 before ACCEPT)."""
         return self._credit
 
+    def set_compression(self, on: bool) -> None:
+        """Compress the chunks sealed from now on (when built with ``compress=True``), or
+        send them as they are; every chunk says which (flag COMPRESSED), so this may
+        change at any chunk (docs/protocol.md §5.2)."""
+        self._packer.enabled = on
+
+    @property
+    def compressing(self) -> bool:
+        """Whether chunks sealed now are compressed when it pays."""
+        return self._packer.enabled
+
     @property
     def bytes_compressed_in(self) -> int:
         """Plaintext bytes that compression was tried on."""

@@ -54,15 +54,18 @@ def test_moves_to_the_fastest_path_and_reports_every_path(server: Server, tmp_pa
     assert sender.finish() == 0, sender.stderr
     assert sha_tree(tmp_path / "out" / "src") == sha_tree(src)
     sent, got = sender.event("done"), rcv.event("done")
-    # both lanes carried data; the TCP lane, faster here, carried most of it
+    # the TCP lane, far faster here, carried (nearly) all of it: the data channel carries
+    # only until the TCP lane is ready, and is not probed while the TCP lane is beyond what
+    # a data channel reaches (docs/protocol.md §10.2)
+    moves = [e for e in sender.events if e["event"] == "moved"]
     for done in (sent, got):
         shares = {p["via"]: p["bytes"] for p in done["paths"]}
-        assert set(shares) == {"tcp", "direct"}, done
-        assert shares["tcp"] > shares["direct"] > 0
+        assert set(shares) <= {"tcp", "direct"}, done
+        assert shares["tcp"] > 0.9 * sum(shares.values()), done
         assert sum(shares.values()) >= 200 << 20  # sealed records: a little overhead
         assert done["via"] == "direct" and done["rounds"] == 0
-    moves = [e for e in sender.events if e["event"] == "moved"]
-    assert {"old": "direct", "new": "tcp"} in [{"old": m["old"], "new": m["new"]} for m in moves]
+        # every lane a move names is reported with its share
+        assert {m["old"] for m in moves} | {m["new"] for m in moves} <= set(shares)
     assert {e["via"] for e in sender.events if e["event"] == "progress"} <= {"tcp", "direct"}
     assert "tcp" in {e["via"] for e in rcv.events if e["event"] == "progress"}
 

@@ -51,6 +51,31 @@ def test_compressible_data_is_compressed_and_random_data_is_not() -> None:
     assert q.sender.bytes_compressed_in < 100_000 / 2
 
 
+def test_compression_can_be_paused_and_resumed_at_any_chunk() -> None:
+    data = b"\x00\x01" * 50_000
+    p = Pair([data])
+    p.sender.set_compression(False)
+    assert not p.sender.compressing
+    p.run()
+    assert p.received() == [data]
+    assert p.sender.bytes_compressed_in == 0  # nothing was compressed
+    q = Pair([data, data])
+    batches: list[int] = []
+
+    def resume_after_a_few(batch: list[bytes]) -> list[bytes]:
+        batches.append(len(batch))
+        if len(batches) == 20:  # the offer, then chunks sent as they are, then compressed
+            q.sender.set_compression(True)
+        return batch
+
+    q.tamper = resume_after_a_few
+    q.sender.set_compression(False)
+    q.run()
+    assert q.sender.compressing
+    assert q.received() == [data, data]
+    assert 0 < q.sender.bytes_compressed_in < 2 * len(data) - 10 * 1024
+
+
 def test_empty_transfer() -> None:
     p = Pair([])
     p.run()
