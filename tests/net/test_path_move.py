@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import sha_tree
 
@@ -45,20 +46,23 @@ def test_path_move_under_emulated_loss(tmp_path: Path) -> None:
         assert any(e["new"] == "pipe" for e in sender.events if e["event"] == "moved")
 
 
-def test_interface_down_mid_transfer_resumes_by_itself(tmp_path: Path) -> None:
-    """The receiver's interface goes down for 8 s in the middle of the transfer; the session
-    carries on (or reconnects under the same pairing) and loses nothing verified."""
+def _outage(
+    tmp_path: Path, hosts: tuple[str, ...], seconds: float, wan: Any
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Send 60 MiB between two hosts behind endpoint-independent NATs; once 10 MiB arrived,
+    take ``hosts``' interfaces down for ``seconds``. Both must finish by themselves with the
+    study intact; returns the receiver's ``done`` event and all its events."""
     import time
 
     from tests.net.conftest import start_peer
-    from tests.netlab.lab import Lab, Wan
+    from tests.netlab.lab import Lab
 
     study = tmp_path / "scan"
     study.mkdir()
     with open(study / "series.bin", "wb") as fh:
         for _ in range(60):
             fh.write(os.urandom(1 << 20))
-    with Lab(nat_a="eim", nat_b="eim", wan=Wan(rtt_ms=20, rate_mbit=50)) as lab:
+    with Lab(nat_a="eim", nat_b="eim", wan=wan) as lab:
         secret = lab.start_coturn()
         url = lab.start_serve(turn=True, turn_secret=secret)
         out = lab.tmp / "out"
@@ -69,17 +73,28 @@ def test_interface_down_mid_transfer_resumes_by_itself(tmp_path: Path) -> None:
         )
         while receiver.next_event("progress", limit=60)["bytes"] < 10 << 20:
             pass
-        lab.link("b", up=False)
-        time.sleep(8)
-        lab.link("b", up=True)
+        for host in hosts:
+            lab.link(host, up=False)
+        time.sleep(seconds)
+        for host in hosts:
+            lab.link(host, up=True)
         assert receiver.finish(limit=300) == 0, receiver.stderr
         assert sender.finish(limit=60) == 0, sender.stderr
         assert sha_tree(out / study.name) == sha_tree(study)
         done = receiver.event("done")
         assert done["bytes"] == 60 << 20
-        offers = [e for e in receiver.events if e["event"] == "offer"]
-        if done["rounds"]:  # it reconnected: what was verified was not sent again
-            assert len(offers) == done["rounds"] + 1 and offers[-1]["held"] > 0
+        return done, receiver.events
+
+
+def test_interface_down_mid_transfer_resumes_by_itself(tmp_path: Path) -> None:
+    """The receiver's interface goes down for 8 s in the middle of the transfer; the session
+    carries on (or reconnects under the same pairing) and loses nothing verified."""
+    from tests.netlab.lab import Wan
+
+    done, events = _outage(tmp_path, ("b",), 8, Wan(rtt_ms=20, rate_mbit=50))
+    offers = [e for e in events if e["event"] == "offer"]
+    if done["rounds"]:  # it reconnected: what was verified was not sent again
+        assert len(offers) == done["rounds"] + 1 and offers[-1]["held"] > 0
 
 
 def test_an_outage_of_two_minutes_reconnects_and_resumes(tmp_path: Path) -> None:
@@ -87,39 +102,11 @@ def test_an_outage_of_two_minutes_reconnects_and_resumes(tmp_path: Path) -> None
     and the TCP lane survive, shorter than the 5-minute reconnection window. Both sides
     meet again through the server under the same pairing (a reconnection round) and the
     transfer continues from what the receiver verified (docs/protocol.md §10.3)."""
-    import time
+    from tests.netlab.lab import Wan
 
-    from tests.net.conftest import start_peer
-    from tests.netlab.lab import Lab, Wan
-
-    study = tmp_path / "scan"
-    study.mkdir()
-    with open(study / "series.bin", "wb") as fh:
-        for _ in range(60):
-            fh.write(os.urandom(1 << 20))
-    with Lab(nat_a="eim", nat_b="eim", wan=Wan(rtt_ms=20, rate_mbit=20)) as lab:
-        secret = lab.start_coturn()
-        url = lab.start_serve(turn=True, turn_secret=secret)
-        out = lab.tmp / "out"
-        sender = start_peer(lab, "a", ["send", str(study), "--server", url, "--json", "--no-relay"])
-        code = sender.next_event("code", limit=30)["code"]
-        receiver = start_peer(
-            lab, "b", ["receive", code, "--server", url, "-o", str(out), "--json", "--yes"]
-        )
-        while receiver.next_event("progress", limit=60)["bytes"] < 10 << 20:
-            pass
-        lab.link("a", up=False)
-        lab.link("b", up=False)
-        time.sleep(120)
-        lab.link("a", up=True)
-        lab.link("b", up=True)
-        assert receiver.finish(limit=300) == 0, receiver.stderr
-        assert sender.finish(limit=60) == 0, sender.stderr
-        assert sha_tree(out / study.name) == sha_tree(study)
-        done = receiver.event("done")
-        assert done["bytes"] == 60 << 20
-        assert done["rounds"] >= 1  # the connection was lost and met again
-        assert any(e["event"] == "reconnecting" for e in receiver.events)
-        offers = [e for e in receiver.events if e["event"] == "offer"]
-        assert len(offers) == done["rounds"] + 1
-        assert offers[-1]["held"] >= 10 << 20  # what was verified was not sent again
+    done, events = _outage(tmp_path, ("a", "b"), 120, Wan(rtt_ms=20, rate_mbit=20))
+    assert done["rounds"] >= 1  # the connection was lost and met again
+    assert any(e["event"] == "reconnecting" for e in events)
+    offers = [e for e in events if e["event"] == "offer"]
+    assert len(offers) == done["rounds"] + 1
+    assert offers[-1]["held"] >= 10 << 20  # what was verified was not sent again

@@ -162,13 +162,19 @@ def test_thresholds_are_the_documented_ones() -> None:
     assert int(MarkerKind.START) == 1
 
 
-def test_a_data_channel_is_not_probed_while_the_lane_is_far_above_its_ceiling() -> None:
+def _tcp_then_dc() -> tuple[SenderLanes, Scripted, Scripted, list[tuple[str, str]]]:
+    """A TCP lane carrying the transfer and a data channel with its real ceiling."""
     moves: list[tuple[str, str]] = []
     mux = SenderLanes(on_switch=lambda a, b: moves.append((a, b)))
     tcp, dc = Scripted("tcp"), Scripted("direct")
     dc.ceiling = lanes.DC_CEILING
     mux.add(tcp)
     mux.add(dc)
+    return mux, tcp, dc, moves
+
+
+def test_a_data_channel_is_not_probed_while_the_lane_is_far_above_its_ceiling() -> None:
+    mux, _, _, moves = _tcp_then_dc()
     fast = lanes.DC_CEILING / lanes.SWITCH_RATIO * 1.1
     t = drive(mux, {"tcp": fast, "direct": 20e6}, 30.0)
     assert moves == []  # it could not win even at its ceiling
@@ -182,12 +188,7 @@ def test_a_data_channel_is_not_probed_while_the_lane_is_far_above_its_ceiling() 
 
 
 def test_the_first_measurement_is_a_warm_up() -> None:
-    moves: list[tuple[str, str]] = []
-    mux = SenderLanes(on_switch=lambda a, b: moves.append((a, b)))
-    tcp, dc = Scripted("tcp"), Scripted("direct")
-    dc.ceiling = lanes.DC_CEILING
-    mux.add(tcp)
-    mux.add(dc)
+    mux, tcp, _, moves = _tcp_then_dc()
     # slow start: a rate that would make the data channel worth a probe ...
     t = drive(mux, {"tcp": 20e6, "direct": 20e6}, lanes.MIN_PROBE_SECONDS + 0.01)
     # ... then the lane's real rate, far above the data channel's ceiling
