@@ -77,8 +77,12 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
 def _tree_bytes(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    return sum(p.stat().st_size for p in _files(root))
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -185,7 +189,7 @@ def run_wormhole(lab: Lab, study: Path, total: int, limit: float) -> Result:
 
 def _partial(out: Path) -> int:
     # wormhole receives a directory as a zip into a temporary file next to the target
-    return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return _tree_bytes(out)
 
 
 def run_tcp(lab: Lab, study: Path, total: int, limit: float) -> Result:
@@ -244,7 +248,7 @@ def _services(lab: Lab) -> str:
 
 def _randomize(root: Path) -> None:
     """Overwrite every file under ``root`` with random bytes of the same size (streamed)."""
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in _files(root):
         left = path.stat().st_size
         with path.open("r+b") as fh:
             while left > 0:
@@ -292,8 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.data == "random":
             _randomize(study)
         total = _tree_bytes(study)
-        files = sum(1 for p in study.rglob("*") if p.is_file())
-        print(f"study: {total / 1e6:.0f} MB, {files} files, {args.data}")
+        print(f"study: {total / 1e6:.0f} MB, {len(_files(study))} files, {args.data}")
         rows: list[dict[str, Any]] = []
         for index in (int(i) for i in args.rows.split(",")):
             wan = ROWS[index - 1]
