@@ -756,7 +756,8 @@ async def _send_over(
     progress: _Progress | None = None
     held = 0
     # compression only while it pays (§5.2): measured once the transfer is fast
-    choice = CompressionChoice(time.monotonic()) if settings.compress else None
+    now = time.monotonic
+    choice = CompressionChoice(now()) if settings.compress else None
     fed = 0
 
     def moves() -> int:
@@ -828,11 +829,11 @@ async def _send_over(
                 continue  # the receiver's answer arrived during the read; handle it first
             machine.feed(req, data)
             flush()
-            if req.transmit and progress is not None:
-                progress.add(req.length)
-            if req.transmit and choice is not None:
+            if req.transmit:
+                if progress is not None:
+                    progress.add(req.length)
                 fed += req.length
-                change = choice.update(time.monotonic(), fed, moves())
+                change = None if choice is None else choice.update(now(), fed, moves())
                 if change is not None:
                     machine.set_compression(change)
                     log.info("compression %s", "on" if change else "off")
