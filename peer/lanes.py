@@ -28,10 +28,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
+from peer import warm
 from peer.errors import PeerGone, RemoteProtocolError
 from peer.proto.paths import (
     LANE_MAGIC,
@@ -48,6 +47,9 @@ from peer.proto.paths import (
 )
 from peer.proto.records import RecordType
 from peer.rtc import RtcLink
+
+if TYPE_CHECKING:  # aiohttp is imported on first use (`peer.warm`)
+    import aiohttp
 
 __all__ = [
     "PROBE_BYTES",
@@ -419,6 +421,8 @@ class PipeLane(Lane):
             self._reader = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
+        import aiohttp
+
         try:
             async for msg in self._ws:
                 if msg.type is not aiohttp.WSMsgType.BINARY:
@@ -431,6 +435,8 @@ class PipeLane(Lane):
             self._drained.set()
 
     async def _write(self) -> None:
+        import aiohttp
+
         try:
             while True:
                 while self._out:
@@ -485,6 +491,9 @@ class PipeLane(Lane):
 async def connect_pipe(server: str, pid: str, within: float) -> PipeLane | None:
     """Open the relay pipe ``pid`` and wait (bounded) until the peer is on it; None when the
     server has no pipe, refuses, or the peer does not come."""
+    await warm.ready("aiohttp")
+    import aiohttp
+
     session = aiohttp.ClientSession()
     try:
         async with asyncio.timeout(within):

@@ -9,19 +9,14 @@ import signal
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from peer.dicom.pacs import (
-    DEFAULT_AET,
-    InstanceResult,
-    PacsError,
-    PacsTarget,
-    PushResult,
-    echo,
-    parse_target,
-    push,
-)
+from peer.errors import PacsError
+from peer.settings import DEFAULT_AET
 from peer.units import human_bytes
+
+if TYPE_CHECKING:  # the DICOM networking imports pydicom: loaded when a PACS is used
+    from peer.dicom.pacs import InstanceResult, PacsTarget, PushResult
 
 __all__ = ["add_parsers", "add_receive_options", "push_received", "run", "target_of"]
 
@@ -76,6 +71,8 @@ def add_parsers(sub: Any) -> None:
 
 def target_of(args: argparse.Namespace) -> PacsTarget | None:
     """The parsed ``--to-pacs`` (checked before any transfer starts)."""
+    from peer.dicom.pacs import parse_target
+
     return parse_target(args.to_pacs) if getattr(args, "to_pacs", None) else None
 
 
@@ -107,6 +104,8 @@ def _push(
     aet: str,
     timeout: float,
 ) -> int:
+    from peer.dicom.pacs import push
+
     out.line(f"Storing into the PACS {target} as {aet}…")
     result = push(
         items, target, calling_aet=aet, timeout=timeout, on_result=lambda r: _report(out, r)
@@ -116,6 +115,8 @@ def _push(
 
 def check_target(target: PacsTarget, args: argparse.Namespace) -> None:
     """Before receiving: make sure the PACS answers (C-ECHO) so a typo fails now."""
+    from peer.dicom.pacs import echo
+
     echo(target, calling_aet=args.aet, timeout=args.pacs_timeout)
 
 
@@ -189,5 +190,6 @@ def _run_listen(args: argparse.Namespace, out: Out) -> int:
 def run(args: argparse.Namespace, out: Out) -> int:
     if args.command == "listen":
         return _run_listen(args, out)
-    target = parse_target(args.to_pacs)
+    target = target_of(args)
+    assert target is not None  # push requires --to-pacs
     return _push(out, list(args.paths), target, args.aet, args.pacs_timeout)

@@ -12,19 +12,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from aiortc import (
-    RTCConfiguration,
-    RTCDataChannel,
-    RTCIceServer,
-    RTCIceTransportPolicy,
-    RTCPeerConnection,
-    RTCSessionDescription,
-)
-
+from peer import warm
 from peer.errors import NoPathError, PeerGone, RemoteProtocolError
 from signaling.ice import IceServer
+
+if TYPE_CHECKING:  # aiortc is imported on first use (`peer.warm`)
+    from aiortc import RTCDataChannel
 
 __all__ = ["Channel", "RtcLink", "handed_servers", "ice_servers"]
 
@@ -47,6 +42,9 @@ def ice_servers(
     stun: Sequence[str], turn: Sequence[str], username: str | None, credential: str | None
 ) -> list[Any]:
     """Build aiortc ICE server objects from settings (empty when none configured)."""
+    warm.need("aiortc")
+    from aiortc import RTCIceServer
+
     servers: list[Any] = [RTCIceServer(urls=url) for url in stun]
     servers += [RTCIceServer(urls=url, username=username, credential=credential) for url in turn]
     return servers
@@ -54,6 +52,9 @@ def ice_servers(
 
 def handed_servers(servers: Sequence[IceServer]) -> list[Any]:
     """aiortc ICE server objects for the servers the signaling server handed out."""
+    warm.need("aiortc")
+    from aiortc import RTCIceServer
+
     return [
         RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
         for s in servers
@@ -71,6 +72,9 @@ class RtcLink:
         max_queue: int = 4096,
         relay_only: bool = False,
     ) -> None:
+        warm.need("aiortc")
+        from aiortc import RTCConfiguration, RTCIceTransportPolicy, RTCPeerConnection
+
         policy = RTCIceTransportPolicy.RELAY if relay_only else RTCIceTransportPolicy.ALL
         self.pc = RTCPeerConnection(
             RTCConfiguration(iceServers=list(servers), iceTransportPolicy=policy)
@@ -101,9 +105,13 @@ class RtcLink:
         return str(self.pc.localDescription.sdp)
 
     async def accept_answer(self, sdp: str) -> None:
+        from aiortc import RTCSessionDescription
+
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
 
     async def create_answer(self, offer_sdp: str) -> str:
+        from aiortc import RTCSessionDescription
+
         @self.pc.on("datachannel")
         def _on_channel(ch: RTCDataChannel) -> None:
             if ch.label == LABEL and self._channel is None:

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import importlib
 import logging
 import os
 import re
@@ -23,9 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from peer import warm
 from peer.compression import CompressionChoice
-from peer.dicom.complete import format_completeness
-from peer.dicom.summary import format_summary, summarize
 from peer.errors import (
     BeamError,
     CancelledByUser,
@@ -77,7 +77,9 @@ from signaling.ice import IceServer
 log = logging.getLogger("scanbeam.session")
 
 if TYPE_CHECKING:
+    from peer.dicom.complete import format_completeness
     from peer.dicom.deid.stream import Prepared
+    from peer.dicom.summary import format_summary, summarize
 
 __all__ = [
     "BeamError",
@@ -116,6 +118,22 @@ __all__ = [
     "send_or_relay",
     "summarize",
 ]
+
+_FROM_DICOM = {  # re-exported names whose modules import pydicom: loaded on first use
+    "format_completeness": "peer.dicom.complete",
+    "format_summary": "peer.dicom.summary",
+    "summarize": "peer.dicom.summary",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _FROM_DICOM.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warm.need("pydicom")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,6 +437,9 @@ async def send(
     else:
         sources = collect_sources(paths)
         summary, remap = None, None
+    # aiortc (once the receiver joins), pydicom (for the scan) and aiohttp are imported in
+    # the background, so the code is shown without waiting for them
+    warm.start()
     # headers and one image per series are read off the event loop (the TUI stays live),
     # while the code is shown and the receiver joins: the offer waits for it (§5.2)
     scan = _Scan(sources, settings, summary, remap)
@@ -461,7 +482,7 @@ async def send(
                     deid_label,
                 )
             link = RtcLink(
-                _servers(settings, client.ice_servers),
+                await _servers(settings, client.ice_servers),
                 high_water=settings.buffered_high,
                 relay_only=settings.turn_only,
             )
@@ -630,9 +651,11 @@ async def _open(link: RtcLink, settings: Settings) -> None:
         ) from None
 
 
-def _servers(settings: Settings, handed: Sequence[IceServer] = ()) -> list[Any]:
+async def _servers(settings: Settings, handed: Sequence[IceServer] = ()) -> list[Any]:
     """Locally configured ICE servers first, then the ones the signaling server handed out
-    for this room (aiortc uses only the first STUN and the first TURN server it is given)."""
+    for this room (aiortc uses only the first STUN and the first TURN server it is given).
+    Waits, without blocking the event loop, for aiortc's import (`peer.warm`)."""
+    await warm.ready("aiortc")
     servers = ice_servers(settings.stun, settings.turn, settings.turn_user, settings.turn_password)
     return servers + handed_servers(handed)
 
@@ -643,6 +666,7 @@ def _build_manifest(
     summary: dict[str, Any] | None = None,
     remap: Callable[[str], str] | None = None,
 ) -> Manifest:
+    warm.need("pydicom")
     from peer.dicom.summary import summarize
 
     if summary is None:
@@ -903,6 +927,7 @@ async def receive(
     Raises:
         BeamError: any failure, with a user message.
     """
+    warm.start()  # aiortc is needed once paired, pydicom for the offer
     client = await _connect(settings, target.server)
     try:
         try:
@@ -930,7 +955,7 @@ async def receive(
             if not isinstance(sdp, str):
                 raise RemoteProtocolError("offer without SDP")
             link = RtcLink(
-                _servers(settings, client.ice_servers),
+                await _servers(settings, client.ice_servers),
                 high_water=settings.buffered_high,
                 relay_only=settings.turn_only,
             )
@@ -1314,7 +1339,7 @@ async def _establish(
     rnd = _Round(mux)
     try:
         link = rnd.link = RtcLink(
-            _servers(settings, pairing.client.ice_servers),
+            await _servers(settings, pairing.client.ice_servers),
             high_water=settings.buffered_high,
             relay_only=settings.turn_only,
         )

@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DEFAULT_SERVER", "Settings"]
+__all__ = ["DEFAULT_AET", "DEFAULT_SERVER", "Settings"]
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
+DEFAULT_AET = "SCANBEAM"  # our DICOM AE title towards a PACS unless --aet says otherwise
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

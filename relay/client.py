@@ -32,10 +32,11 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Mappin
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
+if TYPE_CHECKING:  # aiohttp is imported on first use: it costs 0.2 s at start-up
+    import aiohttp
 
 __all__ = [
     "AccessEvent",
@@ -160,6 +161,8 @@ class RelayClient:
             raise RelayError("bad-url", 0, f"Not a relay address: {server_url!r}.")
         self._server = server_url
         self._base = urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+        import aiohttp
+
         self._timeout = aiohttp.ClientTimeout(
             total=None,
             connect=connect_timeout,
@@ -169,6 +172,8 @@ class RelayClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
+        import aiohttp
+
         self._session = aiohttp.ClientSession(timeout=self._timeout, auto_decompress=False)
         return self
 
@@ -343,6 +348,8 @@ class RelayClient:
             headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         async with self._request("GET", self._path(drop_id, "blob"), headers=headers) as response:
             await _check(response, 206 if ranged else 200)
+            import aiohttp
+
             if ranged and not response.headers.get("Content-Range", "").startswith(
                 f"bytes {start}-"
             ):
@@ -372,6 +379,8 @@ class RelayClient:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         if self._session is None:
             raise RuntimeError("use RelayClient as an async context manager")
+        import aiohttp
+
         try:
             async with self._session.request(method, self._base + path, **kwargs) as response:
                 yield response

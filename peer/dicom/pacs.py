@@ -44,6 +44,7 @@ from pydicom.uid import (
 
 from peer.dicom.summary import clean_text
 from peer.errors import BeamError, ConnectionFailed, PacsError, TransferTimeout
+from peer.settings import DEFAULT_AET
 
 __all__ = [
     "DEFAULT_AET",
@@ -65,7 +66,6 @@ __all__ = [
     "validate_aet",
 ]
 
-DEFAULT_AET = "SCANBEAM"
 DEFAULT_CALLED_AET = "ANY-SCP"
 MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are odd numbers 1..255
 NATIVE: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)

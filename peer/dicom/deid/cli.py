@@ -6,21 +6,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from peer.dicom.deid.engine import Deidentifier
 from peer.dicom.deid.profile import PROFILES, get_profile
-from peer.dicom.deid.stream import (
-    REPORT_NAME,
-    Prepared,
-    RiskNotAccepted,
-    deidentify_folder,
-    prepare,
-)
 from peer.errors import DestinationExists, LocalFileError
 from peer.files import collect_sources
 from peer.settings import Settings
 from peer.state import LocalState
+
+if TYPE_CHECKING:  # the engine and the streaming writer import pydicom: loaded when used
+    from peer.dicom.deid.stream import Prepared
 
 __all__ = ["add_options", "add_parser", "prepare_for_send", "run_deidentify"]
 
@@ -74,6 +69,8 @@ def add_parser(sub: Any) -> None:
 
 
 def _prepare(args: argparse.Namespace, settings: Settings, out: Out, paths: list[Path]) -> Prepared:
+    from peer.dicom.deid.engine import Deidentifier
+    from peer.dicom.deid.stream import prepare
 
     profile = get_profile(args.profile)
     out.event("deid-profile", profile=profile.name, description=profile.describe())
@@ -118,6 +115,7 @@ def _prepare(args: argparse.Namespace, settings: Settings, out: Out, paths: list
 
 
 def _confirm(args: argparse.Namespace, out: Out, prepared: Prepared) -> None:
+    from peer.dicom.deid.stream import RiskNotAccepted
 
     if not prepared.risks:
         return
@@ -154,6 +152,8 @@ def prepare_for_send(args: argparse.Namespace, settings: Settings, out: Out) -> 
 
 
 def run_deidentify(args: argparse.Namespace, settings: Settings, out: Out) -> int:
+    from peer.dicom.deid.stream import REPORT_NAME, deidentify_folder
+
     dst: Path = args.dst
     if (dst / REPORT_NAME).exists() or (dst / "deidentified").exists():
         raise DestinationExists(

@@ -1,0 +1,83 @@
+"""Start-up: the CLI shows a code without importing the heavy libraries, `peer.warm` imports
+them in the background, and the ``scanbeam`` command's fast exit keeps its output and its
+exit code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from peer.proto.wordlist import EVEN, ODD
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _python(code: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_the_cli_imports_no_heavy_library() -> None:
+    out = _python(
+        "import sys, peer.cli, peer.session, peer.lanes, peer.rtc, relay.client\n"
+        "print(sorted(m for m in ('aiortc', 'aiohttp', 'pydicom', 'numpy', 'av') "
+        "if m in sys.modules))"
+    )
+    assert out == "[]"
+
+
+def test_the_session_re_exports_load_pydicom_when_used() -> None:
+    out = _python(
+        "import sys, peer.session as s\n"
+        "before = 'pydicom' in sys.modules\n"
+        "lines = s.format_summary({'bytes': 1, 'other_files': 0, 'dicom_files': 0})\n"
+        "print(before, 'pydicom' in sys.modules, lines, callable(s.summarize))"
+    )
+    assert out == "False True ['Total: 0 DICOM files, 0 other, 1 B'] True"
+
+
+def test_warm_imports_in_the_background_and_need_waits_for_it() -> None:
+    out = _python(
+        "import asyncio, sys, threading\n"
+        "from peer import warm\n"
+        "warm.start(('aiohttp',))\n"
+        "warm.need('aiohttp')\n"
+        "a = 'aiohttp' in sys.modules\n"
+        "asyncio.run(warm.ready('pydicom'))\n"
+        "warm.start()  # idempotent: no second thread\n"
+        "names = [t.name for t in threading.enumerate()]\n"
+        "print(a, 'pydicom' in sys.modules, names.count('scanbeam-imports') <= 1)"
+    )
+    assert out == "True True True"
+
+
+def test_ready_without_start_imports_in_a_worker_thread() -> None:
+    out = _python(
+        "import asyncio, sys\n"
+        "from peer import warm\n"
+        "asyncio.run(warm.ready('aiohttp'))\n"
+        "print('aiohttp' in sys.modules)"
+    )
+    assert out == "True"
+
+
+def test_the_scanbeam_command_exits_fast_with_its_output_and_code(tmp_path: Path) -> None:
+    scanbeam = Path(sys.executable).with_name("scanbeam")
+    code = f"7-{EVEN[0]}-{ODD[0]}"
+    done = subprocess.run(
+        [str(scanbeam), "receive", code, "--server", "http://127.0.0.1:1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"SCANBEAM_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
+    lines = [json.loads(x) for x in done.stdout.splitlines()]
+    assert [x["event"] for x in lines] == ["start", "error"]
+    assert lines[-1]["code"] == "unreachable"
+    assert done.returncode == lines[-1]["exit"] == 4
+    assert "Traceback" not in done.stderr
