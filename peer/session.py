@@ -731,19 +731,32 @@ def _queued(link: RtcLink | ReceiverLanes, first: bytes) -> list[bytes]:
     return batch
 
 
-def _feed_all(machine: rx.Receiver, batch: Sequence[bytes]) -> None:
+def _feed_all(
+    machine: rx.Receiver, batch: Sequence[bytes], dest: Destination | None
+) -> list[rx.Event]:
+    """Feed ``batch`` to the receiver core and write each authenticated chunk to ``dest``
+    at once, in order; returns the core's events (their chunks already written)."""
+    events: list[rx.Event] = []
     for item in batch:
         machine.receive_message(item)
+        for ev in machine.events_received():
+            if isinstance(ev, rx.ChunkReceived):
+                assert dest is not None  # the core takes chunks only once accepted
+                dest.write(ev.file_ix, ev.offset, ev.data)
+            events.append(ev)
+    return events
 
 
-async def _feed_off_loop(machine: rx.Receiver, batch: Sequence[bytes]) -> None:
-    """Feed ``batch`` to the receiver core in a worker thread: decryption, decompression
-    and hashing release the GIL, so the event loop keeps reading the network meanwhile.
-    The core is never used by two threads at once: a cancellation waits for the worker
-    before it is passed on (the caller then tells the sender)."""
-    work = asyncio.get_running_loop().run_in_executor(None, _feed_all, machine, batch)
+async def _feed_off_loop(
+    machine: rx.Receiver, batch: Sequence[bytes], dest: Destination | None
+) -> list[rx.Event]:
+    """`_feed_all` in a worker thread: decryption, decompression, hashing and the file
+    writes release the GIL, so the event loop keeps reading the network meanwhile. The
+    core and the destination are never used by two threads at once: a cancellation waits
+    for the worker before it is passed on (the caller then tells the sender)."""
+    work = asyncio.get_running_loop().run_in_executor(None, _feed_all, machine, batch, dest)
     try:
-        await asyncio.shield(work)
+        return await asyncio.shield(work)
     except BaseException:
         with contextlib.suppress(BaseException):
             await work
@@ -1083,11 +1096,10 @@ async def _receive_over(
                 raise
             batch = _queued(link, data)
             if len(batch) > 1 and machine.state is rx.ReceiverState.RECEIVING:
-                await _feed_off_loop(machine, batch)
+                events = await _feed_off_loop(machine, batch, dest)
             else:
-                for item in batch:
-                    machine.receive_message(item)
-            for ev in machine.events_received():
+                events = _feed_all(machine, batch, dest)
+            for ev in events:
                 if isinstance(ev, rx.Offered):
                     if machine.state is not rx.ReceiverState.OFFERED:
                         continue
@@ -1123,9 +1135,8 @@ async def _receive_over(
                     if stats is not None:
                         stats["held"] = held
                     progress = _Progress(on_event, m.total_bytes, held, via=lambda: link.via)
-                elif isinstance(ev, rx.ChunkReceived):
+                elif isinstance(ev, rx.ChunkReceived):  # written by _feed_all
                     assert dest is not None and progress is not None
-                    dest.write(ev.file_ix, ev.offset, ev.data)
                     if dest.needs_checkpoint():
                         await loop.run_in_executor(None, dest.checkpoint)
                     machine.release(1)
