@@ -76,7 +76,7 @@ MIN_PROBE_SECONDS = 0.25  # but never shorter than this
 SWITCH_RATIO = 1.3  # a probed lane keeps the transfer only when this much faster
 EARLY_RATIO = 2.0  # a probe ends early when the lane is this much slower than the baseline
 REPROBE_SECONDS = 20.0  # a slower lane is probed again after this long
-RECHECK_SECONDS = 3.0  # ... but after its first loss only this long (measurements are noisy)
+RECHECK_SECONDS = 3.0  # ... or this long, when its last rate says it might win (§10.2)
 AUTH_TIMEOUT = 5.0  # a TCP lane's proofs must be done within this
 MAX_HANDSHAKES = 16  # inbound TCP lane handshakes in progress at once
 DEATH_GRACE = 1.0  # seconds the sender still listens on other lanes after its lane closed
@@ -518,9 +518,16 @@ async def connect_pipe(server: str, pid: str, within: float) -> PipeLane | None:
 @dataclass
 class _Meter:
     sent: int = 0
-    rate: float = 0.0
+    rate: float = 0.0  # the last measurement, bytes/s
+    prev: float = 0.0  # the one before it
     probed: float | None = None
     losses: int = 0  # comparisons lost in a row
+
+    @property
+    def steady(self) -> float:
+        """The better of the last two measurements: one slow window (a pause of the peer, a
+        burst of other work on the machine) does not make the current lane look slow."""
+        return max(self.rate, self.prev)
 
 
 class _Mux(LaneSink):
@@ -683,6 +690,7 @@ class SenderLanes(_Mux):
         self._baseline = None
         meter = self._meters[lane]
         meter.losses = 2  # hopeless: next probe after REPROBE_SECONDS
+        meter.rate = meter.prev = 0.0
         meter.probed = now
         log.info("%s: stalled while probed: going back to %s", lane.name, base.name)
         lane.probing(False)
@@ -702,7 +710,7 @@ class SenderLanes(_Mux):
         if elapsed < MIN_PROBE_SECONDS:
             return
         base = self._baseline
-        hopeless = base is not None and moved / elapsed < self._meters[base].rate / EARLY_RATIO
+        hopeless = base is not None and moved / elapsed < self._meters[base].steady / EARLY_RATIO
         if not hopeless and elapsed < PROBE_SECONDS and moved < PROBE_BYTES:
             return
         if not self._warm:
@@ -711,18 +719,19 @@ class SenderLanes(_Mux):
             self._clock = (now, self.bytes[lane])
             return
         meter = self._meters[lane]
-        meter.rate = moved / elapsed
+        meter.prev, meter.rate = meter.rate, moved / elapsed
         self._clock = (now, self.bytes[lane])
         if base is not None:
             self._baseline = None
-            if not base.dead and meter.rate < SWITCH_RATIO * self._meters[base].rate:
+            meter.prev = 0.0  # a probe's rate is its own; an older one may be stale
+            if not base.dead and meter.rate < SWITCH_RATIO * self._meters[base].steady:
                 meter.losses += 2 if hopeless else 1
                 log.info(
                     "%s: %.1f MB/s, %s: %.1f MB/s: going back",
                     lane.name,
                     meter.rate / 1e6,
                     base.name,
-                    self._meters[base].rate / 1e6,
+                    self._meters[base].steady / 1e6,
                 )
                 self._use(base)
             else:
@@ -734,10 +743,15 @@ class SenderLanes(_Mux):
         for other in self.lanes:
             if other is lane or other.dead:
                 continue
-            if SWITCH_RATIO * meter.rate > other.ceiling:
+            if SWITCH_RATIO * meter.steady > other.ceiling:
                 continue  # it could not win even at its best
             m = self._meters[other]
-            wait = RECHECK_SECONDS if m.losses < 2 else REPROBE_SECONDS
+            if m.rate >= SWITCH_RATIO * meter.steady:
+                wait = RECHECK_SECONDS  # this lane slowed: the other's last rate would win
+            elif m.losses < 2 and m.rate >= meter.steady:
+                wait = RECHECK_SECONDS  # a first close call (measurements are noisy)
+            else:
+                wait = REPROBE_SECONDS  # it measured slower: probing it soon only costs
             if m.probed is None or now - m.probed > wait:
                 m.probed = now
                 self._baseline = lane

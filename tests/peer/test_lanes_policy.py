@@ -99,6 +99,34 @@ def test_a_lane_only_slightly_faster_does_not_take_over() -> None:
     assert mux.switches[:4] == [("pipe", "tcp"), ("tcp", "pipe")] * 2
 
 
+def test_a_slower_loser_waits_the_full_reprobe_interval() -> None:
+    mux = SenderLanes()
+    tcp, pipe = Scripted("tcp"), Scripted("pipe")
+    mux.add(tcp)
+    mux.add(pipe)
+    drive(mux, {"tcp": 120e6, "pipe": 90e6}, 15.0)  # slower, not hopeless (> half)
+    assert mux.current is tcp
+    # probed once after the warm-up, then not again within REPROBE_SECONDS
+    assert mux.switches == [("tcp", "pipe"), ("pipe", "tcp")]
+    drive(mux, {"tcp": 120e6, "pipe": 90e6}, 10.0, 15.0)
+    assert mux.switches[2:] == [("tcp", "pipe"), ("pipe", "tcp")]  # after 20 s: once more
+
+
+def test_one_slow_window_does_not_hand_the_transfer_to_a_slower_lane() -> None:
+    mux = SenderLanes()
+    tcp, pipe = Scripted("tcp"), Scripted("pipe")
+    mux.add(tcp)
+    mux.add(pipe)
+    t = drive(mux, {"tcp": 120e6, "pipe": 100e6}, 1.0)  # warm-up, measured, pipe probed
+    assert mux.switches == [("tcp", "pipe"), ("pipe", "tcp")]
+    t = drive(mux, {"tcp": 120e6, "pipe": 100e6}, lanes.RECHECK_SECONDS, t)
+    # one slow window: the pipe's last rate beats it by SWITCH_RATIO, the window before not
+    t = drive(mux, {"tcp": 60e6, "pipe": 100e6}, 0.3, t)
+    drive(mux, {"tcp": 120e6, "pipe": 100e6}, 10.0, t)
+    assert mux.current is tcp
+    assert mux.switches == [("tcp", "pipe"), ("pipe", "tcp")]
+
+
 class Stalling(Scripted):
     """A lane whose drain blocks (a collapsed data channel)."""
 
