@@ -22,6 +22,7 @@ moved and the time it would need at that rate (marked ">"). Results go to bench/
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import json
 import os
@@ -286,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
         print("magic-wormhole is not installed: run `make bench-wan`", file=sys.stderr)
         return 2
     tools = args.tools.split(",")
+    # an installed ScanBeam, like the magic-wormhole from PyPI, has its bytecode compiled;
+    # a checkout may have none (PYTHONDONTWRITEBYTECODE), and compiling at each start is
+    # not what a user's install does
+    for package in ("peer", "signaling", "relay"):
+        compileall.compile_dir(ROOT / package, quiet=1)
     work = Path(tempfile.mkdtemp(prefix="scanbeam-wan-"))
     try:
         study = work / "study"
