@@ -5,6 +5,7 @@ IDs, names in references and free text. Shared by the unit and end-to-end tests.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,42 @@ PLANTED = [
     "20240316",
     ROOT,  # every original UID starts with this
 ]
+
+
+_UID_CHARS = frozenset(b"0123456789.")
+
+
+def planted_in(data: bytes | str, values: Iterable[str] = PLANTED) -> list[str]:
+    """The planted ``values`` found in ``data`` (upper-case variants too).
+
+    A value of digits only does not count inside a UID (a run of digits and dots holding a
+    dot): de-identified UIDs are fresh hashes, and any five digits turn up in one now and
+    then. The planted numbers themselves stand alone (a description, a date element).
+    """
+    raw = data.encode() if isinstance(data, str) else data
+    found = []
+    for value in values:
+        needle = value.encode()
+        hits = [needle, needle.upper()] if needle.upper() != needle else [needle]
+        if any(_standalone(raw, n, n.isdigit()) for n in hits):
+            found.append(value)
+    return found
+
+
+def _standalone(raw: bytes, needle: bytes, digits: bool) -> bool:
+    start = raw.find(needle)
+    while start >= 0:
+        if not digits:
+            return True
+        lo, hi = start, start + len(needle)
+        while lo > 0 and raw[lo - 1] in _UID_CHARS:
+            lo -= 1
+        while hi < len(raw) and raw[hi] in _UID_CHARS:
+            hi += 1
+        if b"." not in raw[lo:hi]:
+            return True
+        start = raw.find(needle, start + 1)
+    return False
 
 
 @dataclass(frozen=True)
