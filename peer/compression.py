@@ -5,7 +5,11 @@ link that is nothing and saves link time; on a fast one (a LAN, or both ends on 
 machine) it can be what limits the transfer. So, once the transfer runs faster than
 `TRIAL_MIN_RATE`, the sender measures the payload rate (original bytes fed per second; the
 lanes' backpressure makes that the rate at which they arrive) with compression on, then
-with it off, keeps the faster setting, and measures again every `RETRY_SECONDS`.
+with it off, keeps the faster setting, and measures again every `RETRY_SECONDS`. Below that
+rate the link is what limits the transfer, so each measurement there also picks the zstd
+level: `SLOW_LEVEL` (level 3: about 9 % smaller on CT than level 1, at about 190 MB/s of
+one core, several times any such link) until a measurement is at or above `TRIAL_MIN_RATE`
+again, when `FAST_LEVEL` (level 1, about 740 MB/s) returns.
 
 Pure: the caller passes the clock and the byte count; no I/O.
 """
@@ -15,8 +19,10 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "FAST_LEVEL",
     "OFF_RATIO",
     "RETRY_SECONDS",
+    "SLOW_LEVEL",
     "TRIAL_MIN_RATE",
     "WARMUP_SECONDS",
     "WINDOW_SECONDS",
@@ -28,6 +34,8 @@ WINDOW_SECONDS = 1.0  # one measurement
 WARMUP_SECONDS = 1.0  # the transfer's start is not measured (TCP slow start, first files)
 OFF_RATIO = 1.1  # sending uncompressed must be this much faster to be kept
 RETRY_SECONDS = 20.0  # a decision is measured again after this long
+FAST_LEVEL = 1  # zstd level at the start and while the payload moves at TRIAL_MIN_RATE or more
+SLOW_LEVEL = 3  # ... and below it (the link limits the transfer: a smaller ratio pays)
 
 
 class _Phase(enum.Enum):
@@ -44,6 +52,7 @@ class CompressionChoice:
 
     def __init__(self, now: float) -> None:
         self.on = True
+        self.level = FAST_LEVEL  # the zstd level while on: read it after each update
         self.trials = 0  # measurements of the other setting (for logs and tests)
         self._phase = _Phase.IDLE
         self._next = now + WARMUP_SECONDS
@@ -67,6 +76,8 @@ class CompressionChoice:
             return None
         rate = (fed - b0) / (now - t0)
         if self._phase is _Phase.BASE:
+            if self.on:
+                self.level = SLOW_LEVEL if rate < TRIAL_MIN_RATE else FAST_LEVEL
             if self.on and rate < TRIAL_MIN_RATE:
                 self._decided(now)
                 return None

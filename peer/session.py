@@ -874,6 +874,9 @@ async def _send_over(
                 if change is not None:
                     machine.set_compression(change)
                     log.info("compression %s", "on" if change else "off")
+                if choice is not None and choice.level != machine.compression_level:
+                    machine.set_compression_level(choice.level)
+                    log.info("compression level %d", choice.level)
             await link.drain()
         if progress is not None:
             progress.add(0, force=True)

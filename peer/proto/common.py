@@ -71,6 +71,7 @@ class ChunkPacker:
 
     def __init__(self, level: int | None) -> None:
         self._zstd = zstandard.ZstdCompressor(level=level) if level is not None else None
+        self.level = level
         self.enabled = True  # the adapter may pause compression (a fast link, a busy CPU)
         self.skip = 0
         self.bytes_in = 0
@@ -78,6 +79,13 @@ class ChunkPacker:
 
     def next_file(self) -> None:
         self.skip = 0
+
+    def set_level(self, level: int) -> None:
+        """Compress the next chunks at this zstd level (no effect when built without
+        compression); any level decodes the same way."""
+        if self._zstd is not None and level != self.level:
+            self._zstd = zstandard.ZstdCompressor(level=level)
+            self.level = level
 
     def pack(self, data: bytes) -> tuple[bytes, bool]:
         """Return (body, compressed)."""

@@ -244,6 +244,15 @@ class Sender:
         change at any chunk (docs/protocol.md §5.2)."""
         self._packer.enabled = on
 
+    def set_compression_level(self, level: int) -> None:
+        """The zstd level of the chunks compressed from now on (the receiver decodes any)."""
+        self._packer.set_level(level)
+
+    @property
+    def compression_level(self) -> int | None:
+        """The zstd level in use; None when built with ``compress=False``."""
+        return self._packer.level
+
     @property
     def compressing(self) -> bool:
         """Whether chunks sealed now are compressed when it pays."""

@@ -33,6 +33,16 @@ def test_a_slow_transfer_always_compresses() -> None:
     assert changes == [] and choice.on and choice.trials == 0
 
 
+def test_a_slow_transfer_compresses_harder_until_it_is_fast_again() -> None:
+    choice = CompressionChoice(0.0)
+    assert choice.level == compression.FAST_LEVEL  # until the first measurement
+    t, fed, _ = drive(choice, {True: 12e6, False: 15e6}, 3.0)
+    assert choice.level == compression.SLOW_LEVEL == 3 and choice.on
+    # the link gets faster: the next measurement goes back to the fast level
+    t, fed, _ = drive(choice, {True: 80e6, False: 70e6}, compression.RETRY_SECONDS + 2.0, t, fed)
+    assert choice.level == compression.FAST_LEVEL == 1 and choice.on
+
+
 def test_a_fast_transfer_stops_compressing_when_that_is_faster() -> None:
     choice = CompressionChoice(0.0)
     rates = {True: 80e6, False: 110e6}

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import itertools
 import os
+import random
+import struct
 
 import pytest
 from hypothesis import given, settings
@@ -74,6 +77,29 @@ def test_compression_can_be_paused_and_resumed_at_any_chunk() -> None:
     assert q.sender.compressing
     assert q.received() == [data, data]
     assert 0 < q.sender.bytes_compressed_in < 2 * len(data) - 10 * 1024
+
+
+def test_the_compression_level_can_change_at_any_chunk() -> None:
+    # 12-bit samples in 16 bits, a random walk (like CT pixels): level 3 packs it smaller
+    rng = random.Random(7)
+    walk = list(itertools.accumulate(rng.randint(-3, 3) for _ in range(60_000)))
+    data = struct.pack(f"<{len(walk)}H", *(1000 + v % 3000 for v in walk))
+    sizes = {}
+    for level in (1, 3):
+        p = Pair([data], chunk_size=65472, window=64)
+        assert p.sender.compression_level == 1  # the default
+        p.sender.set_compression_level(level)
+        p.sender.set_compression_level(level)  # the same level again: kept
+        assert p.sender.compression_level == level
+        p.run()
+        assert p.received() == [data]
+        sizes[level] = p.sender.bytes_compressed_out
+    assert sizes[3] < sizes[1]
+    q = Pair([data], compress=False)
+    q.sender.set_compression_level(3)  # no compressor: nothing to change
+    assert q.sender.compression_level is None
+    q.run()
+    assert q.received() == [data] and q.sender.bytes_compressed_in == 0
 
 
 def test_empty_transfer() -> None:
