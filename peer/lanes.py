@@ -54,6 +54,7 @@ if TYPE_CHECKING:  # aiohttp is imported on first use (`peer.warm`)
 __all__ = [
     "PROBE_BYTES",
     "PROBE_SECONDS",
+    "REPROBE_MAX_SECONDS",
     "REPROBE_SECONDS",
     "SWITCH_RATIO",
     "DcLane",
@@ -75,7 +76,8 @@ PROBE_BYTES = 16 * 1024 * 1024  # ... or until this much went through it, whiche
 MIN_PROBE_SECONDS = 0.25  # but never shorter than this
 SWITCH_RATIO = 1.3  # a probed lane keeps the transfer only when this much faster
 EARLY_RATIO = 2.0  # a probe ends early when the lane is this much slower than the baseline
-REPROBE_SECONDS = 20.0  # a slower lane is probed again after this long
+REPROBE_SECONDS = 20.0  # a slower lane is probed again after this long, doubled after each
+REPROBE_MAX_SECONDS = 160.0  # further lost probe in a row up to this
 RECHECK_SECONDS = 3.0  # ... or this long, when its last rate says it might win (§10.2)
 AUTH_TIMEOUT = 5.0  # a TCP lane's proofs must be done within this
 MAX_HANDSHAKES = 16  # inbound TCP lane handshakes in progress at once
@@ -521,7 +523,8 @@ class _Meter:
     rate: float = 0.0  # the last measurement, bytes/s
     prev: float = 0.0  # the one before it
     probed: float | None = None
-    losses: int = 0  # comparisons lost in a row
+    losses: int = 0  # comparisons lost in a row (a hopeless one counts twice)
+    streak: int = 0  # probes lost in a row: the periodic re-probe backs off
 
     @property
     def steady(self) -> float:
@@ -690,6 +693,7 @@ class SenderLanes(_Mux):
         self._baseline = None
         meter = self._meters[lane]
         meter.losses = 2  # hopeless: next probe after REPROBE_SECONDS
+        meter.streak += 1
         meter.rate = meter.prev = 0.0
         meter.probed = now
         log.info("%s: stalled while probed: going back to %s", lane.name, base.name)
@@ -726,6 +730,7 @@ class SenderLanes(_Mux):
             meter.prev = 0.0  # a probe's rate is its own; an older one may be stale
             if not base.dead and meter.rate < SWITCH_RATIO * self._meters[base].steady:
                 meter.losses += 2 if hopeless else 1
+                meter.streak += 1
                 log.info(
                     "%s: %.1f MB/s, %s: %.1f MB/s: going back",
                     lane.name,
@@ -736,8 +741,9 @@ class SenderLanes(_Mux):
                 self._use(base)
             else:
                 lane.probing(False)
-                meter.losses = 0
+                meter.losses = meter.streak = 0
                 self._meters[base].losses += 1
+                self._meters[base].streak += 1
                 self._meters[base].probed = now
             return
         for other in self.lanes:
@@ -750,8 +756,8 @@ class SenderLanes(_Mux):
                 wait = RECHECK_SECONDS  # this lane slowed: the other's last rate would win
             elif m.losses < 2 and m.rate >= meter.steady:
                 wait = RECHECK_SECONDS  # a first close call (measurements are noisy)
-            else:
-                wait = REPROBE_SECONDS  # it measured slower: probing it soon only costs
+            else:  # it measured slower: probing it soon only costs
+                wait = min(REPROBE_SECONDS * 2 ** max(0, m.streak - 1), REPROBE_MAX_SECONDS)
             if m.probed is None or now - m.probed > wait:
                 m.probed = now
                 self._baseline = lane

@@ -3,6 +3,8 @@ clock: it measures, probes the other lanes, keeps the faster one, and marks ever
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from peer import lanes
@@ -125,6 +127,26 @@ def test_one_slow_window_does_not_hand_the_transfer_to_a_slower_lane() -> None:
     drive(mux, {"tcp": 120e6, "pipe": 100e6}, 10.0, t)
     assert mux.current is tcp
     assert mux.switches == [("tcp", "pipe"), ("pipe", "tcp")]
+
+
+def test_the_periodic_probe_of_a_losing_lane_backs_off() -> None:
+    probes: list[float] = []
+    clock = [0.0]
+
+    def moved(old: str, new: str) -> None:
+        if new == "pipe":
+            probes.append(clock[0])
+
+    mux = SenderLanes(on_switch=moved)
+    tcp, pipe = Scripted("tcp"), Scripted("pipe")
+    mux.add(tcp)
+    mux.add(pipe)
+    t = 0.0
+    while t < 400.0:  # in 0.1 s steps: each switch is timed to the step
+        t = drive(mux, {"tcp": 120e6, "pipe": 90e6}, 0.1, t)
+        clock[0] = t
+    gaps = [round(b - a) for a, b in itertools.pairwise(probes)]
+    assert gaps == [20, 40, 80, 160, 160][: len(gaps)] and len(gaps) >= 4
 
 
 class Stalling(Scripted):
