@@ -79,7 +79,7 @@ log = logging.getLogger("scanbeam.session")
 if TYPE_CHECKING:
     from peer.dicom.complete import format_completeness
     from peer.dicom.deid.stream import Prepared
-    from peer.dicom.summary import format_summary, summarize
+    from peer.dicom.summary import Slice, format_summary, summarize
 
 __all__ = [
     "BeamError",
@@ -667,17 +667,18 @@ def _build_manifest(
     remap: Callable[[str], str] | None = None,
 ) -> Manifest:
     warm.need("pydicom")
-    from peer.dicom.summary import summarize
+    from peer.dicom.summary import scan
 
+    slices: list[Slice] | None = None  # one header pass for the summary and the previews
     if summary is None:
-        summary = summarize((s.rel, s.path) for s in sources)
+        summary, slices = scan((s.rel, s.path) for s in sources)
     files = tuple(
         FileEntry(
             path=s.rel, size=s.size, mtime_ns=s.manifest_mtime_ns, prefix=secrets.token_bytes(16)
         )
         for s in sources
     )
-    previews = build_previews(sources, settings, remap)
+    previews = build_previews(sources, settings, remap, slices)
     return Manifest(files=files, summary=summary, previews=previews)
 
 
@@ -685,18 +686,21 @@ def build_previews(
     sources: Sequence[SourceFile],
     settings: Settings | None,
     remap: Callable[[str], str] | None = None,
+    slices: Sequence[Slice] | None = None,
 ) -> tuple[SeriesPreview, ...]:
     """Series thumbnails for the manifest, unless ``settings.previews`` is off.
 
     ``remap`` maps a series UID as the source files hold it to the one the offer shows
-    (de-identified sends: the pixels are the originals', the UIDs are not).
+    (de-identified sends: the pixels are the originals', the UIDs are not). ``slices``:
+    what `peer.dicom.summary.scan` read of the same sources (their headers are then not
+    read again).
     """
     if settings is not None and not settings.previews:
         return ()
     from peer.dicom.preview import DEFAULT_BUDGET, offer_previews
 
     budget = DEFAULT_BUDGET if settings is None else settings.preview_seconds
-    previews = offer_previews((s.path for s in sources), budget=budget)
+    previews = offer_previews((s.path for s in sources), budget=budget, slices=slices)
     if remap is None:
         return previews
     return tuple(dataclasses.replace(p, series=remap(p.series)) for p in previews)

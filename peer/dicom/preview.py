@@ -41,6 +41,7 @@ from pydicom.filereader import read_partial
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 
+from peer.dicom.summary import Slice
 from peer.proto.manifest import MAX_PREVIEW_BYTES, MAX_PREVIEW_PX, MAX_PREVIEWS, SeriesPreview
 
 __all__ = [
@@ -112,7 +113,7 @@ class _NoPreview(Exception):
 class _Member:
     path: Path
     number: int | None
-    position: tuple[float, float, float] | None
+    position: tuple[float, ...] | None
     orientation: tuple[float, ...] | None
 
 
@@ -165,7 +166,7 @@ def _read_member(path: Path) -> tuple[str, _Member] | None:
             orientation = _floats(ds.get("ImageOrientationPatient"), 6)
     except Exception:  # not DICOM, malformed, unreadable: not a preview candidate
         return None
-    return series, _Member(path, number, position, orientation)  # type: ignore[arg-type]
+    return series, _Member(path, number, position, orientation)
 
 
 def _ordered(members: Sequence[_Member]) -> list[_Member]:
@@ -526,11 +527,14 @@ def make_previews(
     budget: float = DEFAULT_BUDGET,
     max_previews: int = MAX_PREVIEWS,
     clock: Callable[[], float] = time.monotonic,
+    slices: Iterable[Slice] | None = None,
 ) -> PreviewResult:
     """One thumbnail per series of the DICOM files among ``files`` (never raises).
 
     Args:
         files: Paths of the offered files; non-DICOM ones are ignored.
+        slices: The files' places in their series as `peer.dicom.summary.scan` read
+            them; then ``files`` is not used and no header is read twice.
         size: Long side of each thumbnail in px (1..`MAX_SIZE`).
         budget: Seconds for the whole run; series not reached in time are skipped with
             the reason "time limit".
@@ -545,14 +549,19 @@ def make_previews(
     start = clock()
     series: dict[str, _SeriesFiles] = {}
     out_of_time = False
-    for path in files:
-        if clock() - start > budget:
-            out_of_time = True
-            break
-        found = _read_member(path)
-        if found is not None:
-            uid, member = found
-            series.setdefault(uid, _SeriesFiles(uid)).members.append(member)
+    if slices is not None:
+        for sl in slices:
+            member = _Member(sl.path, sl.number, sl.position, sl.orientation)
+            series.setdefault(sl.series_uid, _SeriesFiles(sl.series_uid)).members.append(member)
+    else:
+        for path in files:
+            if clock() - start > budget:
+                out_of_time = True
+                break
+            found = _read_member(path)
+            if found is not None:
+                uid, member = found
+                series.setdefault(uid, _SeriesFiles(uid)).members.append(member)
     previews: list[Preview] = []
     skipped: list[Skipped] = []
     for s in series.values():
@@ -572,8 +581,12 @@ def make_previews(
 
 
 def offer_previews(
-    paths: Iterable[Path], *, budget: float = DEFAULT_BUDGET
+    paths: Iterable[Path],
+    *,
+    budget: float = DEFAULT_BUDGET,
+    slices: Iterable[Slice] | None = None,
 ) -> tuple[SeriesPreview, ...]:
-    """The ``previews`` of a manifest for these offered files (`SeriesPreview` records)."""
-    result = make_previews(paths, budget=budget)
+    """The ``previews`` of a manifest for these offered files (`SeriesPreview` records);
+    ``slices`` as for `make_previews`."""
+    result = make_previews(paths, budget=budget, slices=slices)
     return tuple(SeriesPreview(p.series, p.png, p.w, p.h) for p in result.previews)

@@ -17,6 +17,7 @@ dropped.
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import stat
@@ -36,7 +37,7 @@ from pydicom.uid import UID
 
 from peer.units import human_bytes
 
-__all__ = ["MAX_OTHER", "MAX_TEXT", "clean_text", "format_summary", "summarize"]
+__all__ = ["MAX_OTHER", "MAX_TEXT", "Slice", "clean_text", "format_summary", "scan", "summarize"]
 
 MAX_TEXT = 200
 MAX_OTHER = 20
@@ -58,6 +59,9 @@ _KEYWORDS = (
     "StudyInstanceUID",
     "SeriesInstanceUID",
     "SeriesNumber",
+    "InstanceNumber",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
     "Rows",
     "Columns",
 )
@@ -138,6 +142,21 @@ class _Header:
     transfer_syntax: str
     sop_uid: str = ""
     sop_class: str = ""
+    instance_number: int | None = None
+    position: tuple[float, ...] | None = None
+    orientation: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """Where one DICOM file sits in its series, as the scan read it (`peer.dicom.preview`
+    sorts a series by these to pick its middle image without reading the headers again)."""
+
+    path: Path
+    series_uid: str
+    number: int | None  # InstanceNumber
+    position: tuple[float, ...] | None  # ImagePositionPatient, 3 finite floats
+    orientation: tuple[float, ...] | None  # ImageOrientationPatient, 6 finite floats
 
 
 @dataclass(slots=True)
@@ -190,6 +209,17 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None if value is None or value == "" else int(str(value).strip())
     except ValueError:
         return None
+
+
+def _floats(ds: Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
+    value = _value(ds, keyword)
+    try:
+        items = tuple(float(v) for v in str(value).split("\\")) if value is not None else ()
+    except ValueError:
+        return None
+    if len(items) != n or not all(math.isfinite(v) for v in items):
+        return None
+    return items
 
 
 def _truncated(ds: Dataset, end: int, size: int) -> bool:
@@ -258,6 +288,9 @@ def _parse_header(fp: BinaryIO, size: int) -> _Header | None:
                 transfer_syntax=syntax,
                 sop_uid=clean_text(_value(ds, "SOPInstanceUID") or "", 64),
                 sop_class=clean_text(_value(ds, "SOPClassUID") or sop_class, 64),
+                instance_number=_int(ds, "InstanceNumber"),
+                position=_floats(ds, "ImagePositionPatient", 3),
+                orientation=_floats(ds, "ImageOrientationPatient", 6),
             )
     except Exception:  # not DICOM, malformed, unreadable: an "other" file
         return None
@@ -274,6 +307,13 @@ def _file_size(path: Path) -> tuple[int, bool]:
 
 
 def summarize(files: Iterable[tuple[str, Path | tuple[int, bytes]]]) -> dict[str, object]:
+    """The study summary of an offered file list (`scan` without the slices)."""
+    return scan(files)[0]
+
+
+def scan(
+    files: Iterable[tuple[str, Path | tuple[int, bytes]]],
+) -> tuple[dict[str, object], list[Slice]]:
     """Summarise an offered file list by study and series, reading headers only.
 
     Never raises on file content: unreadable, non-DICOM, truncated or malformed files
@@ -292,8 +332,11 @@ def summarize(files: Iterable[tuple[str, Path | tuple[int, bytes]]]) -> dict[str
         other relative paths, sorted). Transfer syntaxes are listed as UIDs; each
         series also lists its ``sop_classes`` and the sorted ``sop_uids`` of its
         instances (for the receiver's completeness check, `peer.dicom.complete`).
+        Then, in offer order, the `Slice` of each DICOM file read from a path (for the
+        offer's previews).
     """
     studies: dict[str, _Study] = {}
+    slices: list[Slice] = []
     other: list[str] = []
     dicom_files = 0
     total = 0
@@ -304,6 +347,16 @@ def summarize(files: Iterable[tuple[str, Path | tuple[int, bytes]]]) -> dict[str
         else:
             size, regular = _file_size(path)
             header = _read_header(path, size) if regular else None
+            if header is not None:
+                slices.append(
+                    Slice(
+                        path,
+                        header.series_uid,
+                        header.instance_number,
+                        header.position,
+                        header.orientation,
+                    )
+                )
         total += size
         if header is None:
             other.append(clean_text(rel))
@@ -331,13 +384,14 @@ def summarize(files: Iterable[tuple[str, Path | tuple[int, bytes]]]) -> dict[str
 
     out_studies = [_study_dict(uid, study) for uid, study in studies.items()]
     out_studies.sort(key=lambda s: (str(s["study_date"]), str(s["study_uid"])))
-    return {
+    summary: dict[str, object] = {
         "dicom_files": dicom_files,
         "other_files": len(other),
         "bytes": total,
         "studies": out_studies,
         "other": sorted(other)[:MAX_OTHER],
     }
+    return summary, slices
 
 
 def _study_dict(uid: str, study: _Study) -> dict[str, object]:

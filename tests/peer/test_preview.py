@@ -20,6 +20,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+from peer.dicom import preview as preview_module
 from peer.dicom.preview import (
     MAX_PNG_BYTES,
     MAX_SIZE,
@@ -28,6 +29,7 @@ from peer.dicom.preview import (
     offer_previews,
     render_file,
 )
+from peer.dicom.summary import scan, summarize
 from peer.dicom.synth import write_study
 from peer.proto.manifest import FileEntry, Manifest, decode_manifest, encode_manifest
 
@@ -319,6 +321,44 @@ def test_middle_image_by_position_along_the_normal(tmp_path: Path) -> None:
         )
     (preview,) = make_previews(files).previews
     assert _pixels(preview.png)[4, 4] == round(110 / 200 * 255)  # z = 10, the middle
+
+
+def test_the_scan_s_slices_give_the_same_previews_without_a_second_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uid = generate_uid()
+    files = []
+    for k, z in enumerate([30.0, -10.0, 10.0, 0.0, 20.0]):
+        img = np.full((8, 8), int(z) + 100, np.uint16)
+        img[0, 0], img[0, 1] = 0, 200
+        files.append(
+            _write(
+                tmp_path / f"f{k}.dcm",
+                img,
+                series=uid,
+                ImagePositionPatient=[0, 0, z],
+                ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
+                InstanceNumber=k + 1,
+            )
+        )
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    offered = [*files, tmp_path / "notes.txt"]
+    before = make_previews(offered)
+    summary, slices = scan((p.name, p) for p in offered)
+    assert summary == summarize((p.name, p) for p in offered)
+    assert [sl.path for sl in slices] == files  # DICOM files only, in offer order
+    assert slices[1].position == (0.0, 0.0, -10.0) and slices[1].number == 2
+    assert slices[1].orientation == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+    def no_second_read(path: Path) -> None:
+        raise AssertionError(f"{path} read again")
+
+    monkeypatch.setattr(preview_module, "_read_member", no_second_read)
+    after = make_previews(offered, slices=slices)
+    assert [(p.series, p.png) for p in after.previews] == [
+        (p.series, p.png) for p in before.previews
+    ]
+    assert _pixels(after.previews[0].png)[4, 4] == round(110 / 200 * 255)  # z = 10
 
 
 def test_middle_image_by_instance_number_then_by_name(tmp_path: Path) -> None:
