@@ -679,6 +679,14 @@ def _run_tui(args: argparse.Namespace, settings: Settings) -> int:
     return app.return_code or 0
 
 
+_NOISY = ("aioice", "aiortc", "websockets", "asyncio", "pynetdicom", "pydicom")
+
+
+def _quiet(record: logging.LogRecord) -> bool:
+    """Without -v, the libraries' own log records below CRITICAL are not shown."""
+    return record.levelno >= logging.CRITICAL or record.name.split(".")[0] not in _NOISY
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -692,8 +700,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if not args.verbose:
-        for noisy in ("aioice", "aiortc", "websockets", "asyncio", "pynetdicom", "pydicom"):
+        for noisy in _NOISY:
             logging.getLogger(noisy).setLevel(logging.CRITICAL)
+        # pydicom and pynetdicom reset their loggers' level when imported, which happens
+        # later (`peer.warm`): the handler drops their records too
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_quiet)
         # the signaling library logger is pinned at INFO (never DEBUG: frames hold bodies)
         logging.getLogger("scanbeam.signaling.websockets").setLevel(logging.WARNING)
     out = _Out(getattr(args, "json", False))
