@@ -301,8 +301,9 @@ def test_no_permissive_decoder_means_no_preview_and_a_reason(dcmtk: None, tmp_pa
 # --------------------------------------------------------------------------- choosing
 
 
-def test_middle_image_by_position_along_the_normal(tmp_path: Path) -> None:
-    """Five slices written in a shuffled order; each slice's value is its z position."""
+def _shuffled_slices(root: Path) -> list[Path]:
+    """Five slices of one series written in a shuffled order; each slice's value is its z
+    position (so the middle one, z = 10, shows as 110 of 0..200)."""
     uid = generate_uid()
     files = []
     for k, z in enumerate([30.0, -10.0, 10.0, 0.0, 20.0]):
@@ -311,7 +312,7 @@ def test_middle_image_by_position_along_the_normal(tmp_path: Path) -> None:
         img[0, 1] = 200
         files.append(
             _write(
-                tmp_path / f"f{k}.dcm",
+                root / f"f{k}.dcm",
                 img,
                 series=uid,
                 ImagePositionPatient=[0, 0, z],
@@ -319,6 +320,11 @@ def test_middle_image_by_position_along_the_normal(tmp_path: Path) -> None:
                 InstanceNumber=k + 1,  # misleading on purpose: position wins
             )
         )
+    return files
+
+
+def test_middle_image_by_position_along_the_normal(tmp_path: Path) -> None:
+    files = _shuffled_slices(tmp_path)
     (preview,) = make_previews(files).previews
     assert _pixels(preview.png)[4, 4] == round(110 / 200 * 255)  # z = 10, the middle
 
@@ -326,21 +332,7 @@ def test_middle_image_by_position_along_the_normal(tmp_path: Path) -> None:
 def test_the_scan_s_slices_give_the_same_previews_without_a_second_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    uid = generate_uid()
-    files = []
-    for k, z in enumerate([30.0, -10.0, 10.0, 0.0, 20.0]):
-        img = np.full((8, 8), int(z) + 100, np.uint16)
-        img[0, 0], img[0, 1] = 0, 200
-        files.append(
-            _write(
-                tmp_path / f"f{k}.dcm",
-                img,
-                series=uid,
-                ImagePositionPatient=[0, 0, z],
-                ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
-                InstanceNumber=k + 1,
-            )
-        )
+    files = _shuffled_slices(tmp_path)
     (tmp_path / "notes.txt").write_text("not DICOM")
     offered = [*files, tmp_path / "notes.txt"]
     before = make_previews(offered)
