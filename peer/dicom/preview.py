@@ -41,7 +41,7 @@ from pydicom.filereader import read_partial
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 
-from peer.dicom.summary import Slice
+from peer.dicom.summary import Slice, finite_floats
 from peer.proto.manifest import MAX_PREVIEW_BYTES, MAX_PREVIEW_PX, MAX_PREVIEWS, SeriesPreview
 
 __all__ = [
@@ -130,16 +130,6 @@ def _past_header(tag: BaseTag, vr: str | None, length: int) -> bool:
     return int(tag) > _LAST_HEADER_TAG
 
 
-def _floats(value: object, n: int) -> tuple[float, ...] | None:
-    try:
-        items = tuple(float(v) for v in value)  # type: ignore[attr-defined]
-    except (TypeError, ValueError):
-        return None
-    if len(items) != n or not all(math.isfinite(v) for v in items):
-        return None
-    return items
-
-
 def _read_member(path: Path) -> tuple[str, _Member] | None:
     """Series UID and sort keys of one file; None if it is not a usable DICOM file."""
     try:
@@ -162,8 +152,8 @@ def _read_member(path: Path) -> tuple[str, _Member] | None:
                 number = None if raw in (None, "") else int(raw)
             except (TypeError, ValueError):
                 number = None
-            position = _floats(ds.get("ImagePositionPatient"), 3)
-            orientation = _floats(ds.get("ImageOrientationPatient"), 6)
+            position = finite_floats(ds.get("ImagePositionPatient"), 3)
+            orientation = finite_floats(ds.get("ImageOrientationPatient"), 6)
     except Exception:  # not DICOM, malformed, unreadable: not a preview candidate
         return None
     return series, _Member(path, number, position, orientation)

@@ -37,7 +37,16 @@ from pydicom.uid import UID
 
 from peer.units import human_bytes
 
-__all__ = ["MAX_OTHER", "MAX_TEXT", "Slice", "clean_text", "format_summary", "scan", "summarize"]
+__all__ = [
+    "MAX_OTHER",
+    "MAX_TEXT",
+    "Slice",
+    "clean_text",
+    "finite_floats",
+    "format_summary",
+    "scan",
+    "summarize",
+]
 
 MAX_TEXT = 200
 MAX_OTHER = 20
@@ -211,15 +220,20 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
-def _floats(ds: Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
-    value = _value(ds, keyword)
+def finite_floats(values: object, n: int) -> tuple[float, ...] | None:
+    """``values`` (a multi-valued element's items) as exactly ``n`` finite floats, else None."""
     try:
-        items = tuple(float(v) for v in str(value).split("\\")) if value is not None else ()
-    except ValueError:
+        items = tuple(float(v) for v in values)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
         return None
     if len(items) != n or not all(math.isfinite(v) for v in items):
         return None
     return items
+
+
+def _floats(ds: Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
+    value = _value(ds, keyword)  # multiple values come joined with "\\"
+    return None if value is None else finite_floats(str(value).split("\\"), n)
 
 
 def _truncated(ds: Dataset, end: int, size: int) -> bool:
