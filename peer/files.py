@@ -10,14 +10,16 @@ for a resume (``state.json`` counts the chunks that were fsynced).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
 import shutil
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +36,7 @@ from peer.proto.keys import kdf
 from peer.proto.manifest import Manifest, check_path
 
 __all__ = [
+    "Checkpoints",
     "Destination",
     "FileTransform",
     "Layout",
@@ -281,6 +284,7 @@ class Destination:
         self._unsynced = 0
         self._written: dict[int, int] = {}
         self._pending: dict[int, int] = {}  # verified files not yet fsynced: index -> fd
+        self._staging_made = False
 
     # before accepting
 
@@ -433,36 +437,58 @@ class Destination:
 
     def checkpoint(self) -> None:
         """fsync what was written and record it in state.json (blocking: run in a thread)."""
-        if self._fd < 0 and not self._pending:
-            return  # nothing written since the last checkpoint
-        try:
-            for fd in self._pending.values():
-                os.fsync(fd)
-            if self._fd >= 0:
-                os.fsync(self._fd)
+        job = self.begin_checkpoint()
+        if job is not None:
+            job()
+
+    def begin_checkpoint(self) -> Callable[[], None] | None:
+        """Take what was written so far for a checkpoint, and return the blocking part
+        (fsync, then state.json) to run in another thread while writing goes on; None when
+        nothing was written since the last one. The next checkpoint begins only after
+        this one's job returned: the job alone updates the resume state meanwhile.
+
+        Raises:
+            DiskFull, LocalFileError.
+        """
+        if not self._pending and (self._fd < 0 or not self._written.get(self._fd_ix)):
+            return None  # nothing written since the last checkpoint
+        try:  # a duplicate: writing may close its own descriptor while the job runs
+            current = os.dup(self._fd) if self._fd >= 0 else -1
         except OSError as exc:
             raise _disk_error(exc, str(self.root)) from None
         cs = self.manifest.chunk_size
-        for ix, fd in self._pending.items():
-            os.close(fd)
-            self._state["chunks"][str(ix)] = self.manifest.files[ix].n_chunks(cs)
-        self._pending.clear()
+        done, self._pending = self._pending, {}
+        counts = {ix: self.manifest.files[ix].n_chunks(cs) for ix in done}
         if self._fd_ix >= 0:
             ix = self._fd_ix
-            self._state["chunks"][str(ix)] = self._state["chunks"].get(
-                str(ix), 0
-            ) + self._written.pop(ix, 0)
+            counts[ix] = int(self._state["chunks"].get(str(ix), 0)) + self._written.pop(ix, 0)
             self._written[ix] = 0
+        self._unsynced = 0
+        fds = [*done.values(), current] if current >= 0 else list(done.values())
+        return functools.partial(self._finish_checkpoint, fds, counts)
+
+    def _finish_checkpoint(self, fds: list[int], counts: dict[int, int]) -> None:
+        try:
+            for fd in fds:
+                os.fsync(fd)
+        except OSError as exc:
+            raise _disk_error(exc, str(self.root)) from None
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._state["chunks"].update({str(ix): n for ix, n in counts.items()})
         try:
             self._save_state()
         except OSError as exc:
             raise _disk_error(exc, str(self.root)) from None
-        self._unsynced = 0
 
     def _open_staged(self, file_ix: int, offset: int) -> None:
         self._close_fd()
         try:
-            self.staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not self._staging_made:
+                self.staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+                self._staging_made = True
             self._fd = os.open(
                 self._staged(file_ix), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600
             )
@@ -570,6 +596,45 @@ class Destination:
                 os.close(self._fd)
         self._fd = -1
         self._fd_ix = -1
+
+
+class Checkpoints:
+    """Checkpoints of one destination, each fsync'd in a worker thread while the next
+    chunks are written, so a slow disk does not stop the receive loop. One runs at a
+    time; a failure is raised by the next :meth:`maybe` or by :meth:`drain`. Drain before
+    any other blocking call of the destination (``place_all``, ``save``)."""
+
+    def __init__(self, dest: Destination) -> None:
+        self.dest = dest
+        self._job: asyncio.Future[None] | None = None
+
+    async def maybe(self) -> None:
+        """Begin a checkpoint when enough was written since the last one."""
+        if not self.dest.needs_checkpoint():
+            return
+        await self.drain()
+        job = self.dest.begin_checkpoint()
+        if job is not None:
+            self._job = asyncio.get_running_loop().run_in_executor(None, job)
+
+    async def drain(self) -> None:
+        """Wait for the checkpoint in progress, if any (even when cancelled meanwhile:
+        the destination is never used by two threads at once)."""
+        job, self._job = self._job, None
+        if job is None:
+            return
+        try:
+            await asyncio.shield(job)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                await job
+            raise
+
+    async def save(self) -> None:
+        """Persist the resume state after a failure (best effort; see Destination.save)."""
+        with contextlib.suppress(BeamError):
+            await self.drain()
+        await asyncio.get_running_loop().run_in_executor(None, self.dest.save)
 
 
 def _mb(n: int) -> str:

@@ -28,7 +28,7 @@ from peer.errors import (
     ServerUnreachable,
     UnknownCodeError,
 )
-from peer.files import Destination, SourceFile, SourceReader, collect_sources
+from peer.files import Checkpoints, Destination, SourceFile, SourceReader, collect_sources
 from peer.proto import receiver as rx
 from peer.proto.drop import RELAY_CHUNK_SIZE, DropReader, DropWriter
 from peer.proto.keys import DEFAULT_MEM, DEFAULT_OPS, SALT_SIZE, RelayKeys, password_key
@@ -468,6 +468,7 @@ async def download(
             progress = _Progress(on_event, manifest.total_bytes, held)
             attempt = 0
             while True:
+                ckpts = Checkpoints(dest)
                 try:
                     await _download_files(
                         client,
@@ -475,18 +476,19 @@ async def download(
                         auth,
                         claim,
                         reader,
-                        dest,
+                        ckpts,
                         manifest,
                         resume,
                         hashes,
                         progress,
                     )
+                    await ckpts.drain()
                     await loop.run_in_executor(None, dest.place_all)
                     break
                 except RelayError as exc:
                     # a dropped connection or a lapsed claim: keep what was verified and
                     # continue from there (bounded), instead of failing the whole download
-                    await loop.run_in_executor(None, dest.save)
+                    await ckpts.save()
                     attempt += 1
                     if exc.code not in ("unreachable", "claim") or attempt > DOWNLOAD_RETRIES:
                         raise
@@ -502,7 +504,7 @@ async def download(
                         for k, f in zip(resume, manifest.files, strict=True)
                     )
                 except BaseException:
-                    await loop.run_in_executor(None, dest.save)
+                    await ckpts.save()
                     raise
             await _complete(client, target.id, auth, claim)
             state.forget_claim(target.id)
@@ -584,13 +586,13 @@ async def _download_files(
     auth: bytes,
     claim: str,
     reader: DropReader,
-    dest: Destination,
+    ckpts: Checkpoints,
     manifest: Manifest,
     resume: list[int],
     hashes: list[Any],
     progress: Any,
 ) -> None:
-    loop = asyncio.get_running_loop()
+    dest = ckpts.dest
     cs = manifest.chunk_size
     todo = [i for i, f in enumerate(manifest.files) if resume[i] < f.n_chunks(cs)]
     for i in range(len(manifest.files)):
@@ -624,8 +626,7 @@ async def _download_files(
                     dest.file_verified(ev.file_ix)
                 elif isinstance(ev, rx.Failed):
                     raise ev.error
-            if dest.needs_checkpoint():
-                await loop.run_in_executor(None, dest.checkpoint)
+            await ckpts.maybe()
     if pos != end:
         raise IntegrityError(
             "short download", user_message="The download stopped early; run the same command again."

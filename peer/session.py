@@ -42,7 +42,7 @@ from peer.errors import (
     UnknownCodeError,
     WrongCodeError,
 )
-from peer.files import Destination, SourceFile, SourceReader, collect_sources
+from peer.files import Checkpoints, Destination, SourceFile, SourceReader, collect_sources
 from peer.lanes import (
     DcLane,
     ReceiverLanes,
@@ -1076,6 +1076,7 @@ async def _receive_over(
     machine = rx.Receiver(paired.keys.session, window=settings.window)
     loop = asyncio.get_running_loop()
     dest: Destination | None = None
+    ckpts: Checkpoints | None = None
     progress: _Progress | None = None
     held = 0
     finished = False
@@ -1111,6 +1112,7 @@ async def _receive_over(
                     if machine.state is not rx.ReceiverState.OFFERED:
                         continue
                     dest = Destination(root, ev.manifest)
+                    ckpts = Checkpoints(dest)
                     try:
                         resume, hashes, held = await loop.run_in_executor(None, dest.preflight)
                     except BeamError as exc:
@@ -1143,20 +1145,20 @@ async def _receive_over(
                         stats["held"] = held
                     progress = _Progress(on_event, m.total_bytes, held, via=lambda: link.via)
                 elif isinstance(ev, rx.ChunkReceived):  # written by _feed_all
-                    assert dest is not None and progress is not None
-                    if dest.needs_checkpoint():
-                        await loop.run_in_executor(None, dest.checkpoint)
+                    assert ckpts is not None and progress is not None
+                    await ckpts.maybe()
                     machine.release(1)
                     progress.add(len(ev.data))
                 elif isinstance(ev, rx.FileVerified):
                     assert dest is not None
                     dest.file_verified(ev.file_ix)
-                    if dest.needs_checkpoint():
-                        await loop.run_in_executor(None, dest.checkpoint)
+                    assert ckpts is not None
+                    await ckpts.maybe()
                 elif isinstance(ev, rx.AllVerified):
-                    assert dest is not None
+                    assert dest is not None and ckpts is not None
                     if machine.state is not rx.ReceiverState.VERIFIED:
                         continue  # a failure in the same batch follows; it is handled below
+                    await ckpts.drain()
                     await loop.run_in_executor(None, dest.place_all)
                     machine.finish()
                     finished = True
@@ -1168,8 +1170,8 @@ async def _receive_over(
             if machine.state is rx.ReceiverState.DONE:
                 break
     except BeamError as exc:
-        if dest is not None and not finished:
-            await loop.run_in_executor(None, dest.save)
+        if ckpts is not None and not finished:
+            await ckpts.save()
         if machine.state not in (rx.ReceiverState.FAILED, rx.ReceiverState.DECLINED):
             machine.fail(exc)
         with contextlib.suppress(BeamError):
@@ -1177,8 +1179,8 @@ async def _receive_over(
             await link.flush_and_close(2.0)
         raise
     except BaseException as exc:
-        if dest is not None and not finished:
-            await loop.run_in_executor(None, dest.save)
+        if ckpts is not None and not finished:
+            await ckpts.save()
         if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt) and not finished:
             await _tell_cancelled(machine, flush, link)
         raise

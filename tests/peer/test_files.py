@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from pathlib import Path
@@ -7,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from peer.errors import DestinationExists, LocalFileError, SourceError
-from peer.files import STAGING, Destination, SourceReader, collect_sources
+from peer.files import (
+    CHECKPOINT_BYTES,
+    STAGING,
+    Checkpoints,
+    Destination,
+    SourceReader,
+    collect_sources,
+)
 from peer.proto.manifest import FileEntry, Manifest
 
 CS = 1024
@@ -145,6 +153,70 @@ def test_resume_from_checkpoint(tmp_path: Path) -> None:
     assert hashes[0].hexdigest() == hashlib.sha256(data[: 6 * CS]).hexdigest()
     _receive(dest2, files, resume)
     assert [p.read_bytes() for p in dest2.place_all()] == [data, b"bbb"]
+
+
+def test_a_checkpoint_records_only_what_was_written_before_it_began(tmp_path: Path) -> None:
+    """The fsync runs while the next chunks are written: the resume state it saves counts
+    the chunks taken when it began, never one written meanwhile."""
+    data = os.urandom(10 * CS)
+    files = {"a.bin": b"aaa", "b.bin": data}
+    m = _manifest(files)
+    dest = Destination(tmp_path, m)
+    dest.preflight()
+    dest.write(0, 0, b"aaa")
+    dest.file_verified(0)
+    for k in range(4):
+        dest.write(1, k * CS, data[k * CS : (k + 1) * CS])
+    job = dest.begin_checkpoint()
+    assert job is not None
+    for k in range(4, 7):  # written while the job has not run yet
+        dest.write(1, k * CS, data[k * CS : (k + 1) * CS])
+    job()
+    assert Destination(tmp_path, m).preflight()[0] == [1, 4]
+    dest.checkpoint()  # the next one takes the rest
+    assert Destination(tmp_path, m).preflight()[0] == [1, 7]
+    assert dest.begin_checkpoint() is None  # nothing written since
+
+
+def test_checkpoints_overlap_writing_and_drain_before_placing(tmp_path: Path) -> None:
+    big = 4 * 1024 * 1024  # four chunks make a checkpoint
+    data = os.urandom(10 * big)
+    m = Manifest(files=(FileEntry("a.bin", len(data), 5, bytes(16)),), chunk_size=big)
+    dest = Destination(tmp_path, m)
+    dest.preflight()
+    begun = 0
+
+    async def run() -> list[Path]:
+        nonlocal begun
+        ckpts = Checkpoints(dest)
+        for k in range(10):
+            dest.write(0, k * big, data[k * big : (k + 1) * big])
+            begun += dest.needs_checkpoint()
+            await ckpts.maybe()
+        dest.file_verified(0)
+        await ckpts.drain()
+        return dest.place_all()
+
+    assert [p.read_bytes() for p in asyncio.run(run())] == [data]
+    assert begun == 2
+
+
+def test_a_failed_checkpoint_is_raised_by_drain_and_save_keeps_going(tmp_path: Path) -> None:
+    data = os.urandom(CHECKPOINT_BYTES)
+    m = Manifest(files=(FileEntry("a.bin", len(data), 5, bytes(16)),), chunk_size=len(data))
+    dest = Destination(tmp_path, m)
+    dest.preflight()
+
+    async def run() -> None:
+        ckpts = Checkpoints(dest)
+        dest.write(0, 0, data)
+        (dest.staging / "state.json.tmp").mkdir()  # state.json cannot be written
+        await ckpts.maybe()
+        with pytest.raises(LocalFileError):
+            await ckpts.drain()
+        await ckpts.save()  # best effort after a failure: no exception
+
+    asyncio.run(run())
 
 
 def test_resume_state_that_lies_is_ignored(tmp_path: Path) -> None:
