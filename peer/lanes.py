@@ -85,6 +85,9 @@ DEATH_GRACE = 1.0  # seconds the sender still listens on other lanes after its l
 PROBE_HIGH_WATER = 256 * 1024  # data channel bytes queued while it is probed
 PROBE_STALL = 0.5  # a probed lane whose drain blocks this long is given up at once
 TCP_HIGH_WATER = 1 << 20  # bytes queued on a TCP or pipe lane before drain() waits
+# a TCP lane's read buffer: asyncio's default (64 KiB, reading paused at twice that) would
+# pause and resume the socket every other record
+TCP_READ_LIMIT = 1 << 20
 # The fastest a data channel is expected to go: aiortc's SCTP is CPU-bound in Python at
 # ~20 MB/s, ~35-40 MB/s with uvloop (2-core reference machine); this leaves room for faster ones.
 # It would need SWITCH_RATIO times the current lane's rate to win: above DC_CEILING /
@@ -291,7 +294,7 @@ class TcpLanes:
         out: list[list[Any]] = []
         for ip in local_addresses() if addresses is None else addresses:
             try:
-                server = await asyncio.start_server(self._accept, ip, 0)
+                server = await asyncio.start_server(self._accept, ip, 0, limit=TCP_READ_LIMIT)
             except OSError as exc:
                 log.debug("cannot listen on an address: %s", type(exc).__name__)
                 continue
@@ -355,7 +358,7 @@ class TcpLanes:
         writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(AUTH_TIMEOUT):
-                reader, writer = await asyncio.open_connection(ip, port)
+                reader, writer = await asyncio.open_connection(ip, port, limit=TCP_READ_LIMIT)
                 nonce_c = os.urandom(NONCE_SIZE)
                 writer.write(LANE_MAGIC + nonce_c)
                 await writer.drain()
