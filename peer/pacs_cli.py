@@ -71,9 +71,11 @@ def add_parsers(sub: Any) -> None:
 
 def target_of(args: argparse.Namespace) -> PacsTarget | None:
     """The parsed ``--to-pacs`` (checked before any transfer starts)."""
+    if not getattr(args, "to_pacs", None):
+        return None  # without importing pynetdicom and pydicom, which take 0.3 s
     from peer.dicom.pacs import parse_target
 
-    return parse_target(args.to_pacs) if getattr(args, "to_pacs", None) else None
+    return parse_target(args.to_pacs)
 
 
 def _report(out: Out, r: InstanceResult) -> None:

@@ -31,6 +31,19 @@ def test_the_cli_imports_no_heavy_library() -> None:
     assert out == "[]"
 
 
+def test_a_receive_without_a_pacs_imports_no_dicom_library_before_pairing() -> None:
+    out = _python(
+        "import argparse, sys\n"
+        "from peer import pacs_cli\n"
+        "none = pacs_cli.target_of(argparse.Namespace(to_pacs=None))\n"
+        "heavy = ('pydicom', 'pynetdicom', 'peer.dicom.pacs')\n"
+        "before = sorted(m for m in heavy if m in sys.modules)\n"
+        "t = pacs_cli.target_of(argparse.Namespace(to_pacs='127.0.0.1:104:PACS'))\n"
+        "print(none, before, t is not None, 'peer.dicom.pacs' in sys.modules)"
+    )
+    assert out == "None [] True True"
+
+
 def test_the_session_re_exports_load_pydicom_when_used() -> None:
     out = _python(
         "import sys, peer.session as s\n"
