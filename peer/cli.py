@@ -22,8 +22,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from peer import pacs_cli, session
+from peer import pacs_cli, session, warm
 from peer.dicom.deid import cli as deid_cli
+from peer.dicom.text import format_summary
 from peer.errors import BeamError, CancelledByUser, DeclinedError
 from peer.settings import DEFAULT_SERVER, Settings
 from peer.units import human_bytes, human_duration, human_rate
@@ -496,8 +497,6 @@ def _without_uid_lists(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _print_offer(out: _Out, offer: session.Offer) -> None:
-    from peer.dicom.summary import format_summary
-
     out.event(
         "offer",
         files=offer.files,
@@ -565,6 +564,7 @@ def _run_receive(args: argparse.Namespace, settings: Settings, out: _Out) -> int
                 f"(SHA-256) and saved in {ev.dest.resolve() if ev.dest else '.'}"
             )
             if ev.completeness is not None and ev.completeness.get("status") != "not-dicom":
+                warm.need("pydicom")
                 from peer.dicom.complete import format_completeness
 
                 out.line(format_completeness(ev.completeness))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from peer import warm
 from peer.errors import (
     BeamError,
     ConnectionFailed,
@@ -240,6 +241,7 @@ async def _create(
     summary: dict[str, Any] | None,
     remap: Callable[[str], str] | None,
 ) -> DropRecord:
+    await warm.ready("pydicom")
     from peer.dicom.summary import summarize
 
     if summary is None:

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from peer import warm
 from peer.compression import CompressionChoice
+from peer.dicom.text import format_summary
 from peer.errors import (
     BeamError,
     CancelledByUser,
@@ -79,7 +80,7 @@ log = logging.getLogger("scanbeam.session")
 if TYPE_CHECKING:
     from peer.dicom.complete import format_completeness
     from peer.dicom.deid.stream import Prepared
-    from peer.dicom.summary import Slice, format_summary, summarize
+    from peer.dicom.summary import Slice, summarize
 
 __all__ = [
     "BeamError",
@@ -121,7 +122,6 @@ __all__ = [
 
 _FROM_DICOM = {  # re-exported names whose modules import pydicom: loaded on first use
     "format_completeness": "peer.dicom.complete",
-    "format_summary": "peer.dicom.summary",
     "summarize": "peer.dicom.summary",
 }
 
@@ -947,7 +947,7 @@ async def receive(
     Raises:
         BeamError: any failure, with a user message.
     """
-    warm.start()  # aiortc is needed once paired, pydicom for the offer
+    warm.start()  # aiortc is needed once paired, pydicom for the completeness check
     client = await _connect(settings, target.server)
     try:
         try:
@@ -1052,6 +1052,7 @@ async def _await_hand_off(pairing: _Pairing, settings: Settings, on_event: OnEve
 
 async def check_completeness(manifest: Manifest, root: Path) -> dict[str, Any] | None:
     """The completeness check of placed files (in a worker thread); None if it failed."""
+    await warm.ready("pydicom")  # a small study can be done before its background import
     from peer.dicom.complete import check_study
 
     try:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 __all__ = ["HEAVY", "need", "ready", "start"]
 
 # in the order both peers need them: aiortc once paired, pydicom for the sender's scan and
-# the receiver's view of the offer, aiohttp for the relay pipe (never the only path at first)
+# the receiver's completeness check, aiohttp for the relay pipe (never the only path at first)
 HEAVY = ("aiortc", "pydicom", "aiohttp")
 
 _done = {name: threading.Event() for name in HEAVY}

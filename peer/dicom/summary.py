@@ -6,8 +6,9 @@ and returns a JSON-serialisable dict. Anything that is not a readable DICOM Part
 file (bad or missing preamble, truncated header, a DICOMDIR, a PDF) is an "other file".
 
 Every string is cleaned for display (`clean_text`): DICOM files come from anywhere, and
-a hostile one may carry terminal escape sequences. `format_summary` cleans again, since
-the summary it formats may have crossed the network from an untrusted peer.
+a hostile one may carry terminal escape sequences. `format_summary` (`peer.dicom.text`,
+re-exported here) cleans again, since the summary it formats may have crossed the network
+from an untrusted peer.
 
 Person names (PN) are shown as ``"FAMILY, GIVEN MIDDLE"``: the first non-empty
 component group (alphabetic, else ideographic, else phonetic), prefix and suffix
@@ -21,9 +22,8 @@ import math
 import os
 import re
 import stat
-import unicodedata
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -33,9 +33,8 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_partial
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
-from pydicom.uid import UID
 
-from peer.units import human_bytes
+from peer.dicom.text import MAX_TEXT, clean_text, format_summary
 
 __all__ = [
     "MAX_OTHER",
@@ -48,7 +47,6 @@ __all__ = [
     "summarize",
 ]
 
-MAX_TEXT = 200
 MAX_OTHER = 20
 _DEFER_SIZE = 4096  # larger values are skipped on disk, never read
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
@@ -76,44 +74,6 @@ _KEYWORDS = (
 )
 _TAGS: dict[str, BaseTag] = {kw: Tag(kw) for kw in _KEYWORDS}
 _LAST_TAG = max(int(tag) for tag in _TAGS.values())
-
-# CSI, OSC/DCS/SOS/PM/APC strings, two-character escapes, and 8-bit CSI.
-_ESCAPES = re.compile(
-    r"\x1b\[[0-?]*[ -/]*[@-~]"
-    r"|\x1b[\]PX^_][^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
-    r"|\x1b[ -/]*[0-~]"
-    r"|\x9b[0-?]*[ -/]*[@-~]"
-)
-_SPACES = re.compile(r"\s+")
-_DROP_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
-
-
-def clean_text(value: object, limit: int = MAX_TEXT) -> str:
-    """Make any value safe to print on a terminal or a web page.
-
-    Removes escape sequences and control, format (bidi), surrogate and private-use
-    characters; whitespace runs become one space; the result is cut to `limit`
-    characters, ending with "…" when cut.
-
-    Args:
-        value: Anything; ``None`` gives ``""``, other non-strings their ``str()``.
-        limit: Maximum length of the result.
-
-    Returns:
-        The cleaned, stripped text.
-    """
-    if value is None:
-        return ""
-    text = value if isinstance(value, str) else str(value)
-    text = _ESCAPES.sub("", text[: limit * 8])
-    text = "".join(
-        (" " if ch.isspace() else "") if unicodedata.category(ch) in _DROP_CATEGORIES else ch
-        for ch in text
-    )
-    text = _SPACES.sub(" ", text).strip()
-    if len(text) > limit:
-        text = text[: limit - 1].rstrip() + "…"
-    return text
 
 
 def _person_name(value: object) -> str:
@@ -444,111 +404,3 @@ def _study_dict(uid: str, study: _Study) -> dict[str, object]:
             for s in series
         ],
     }
-
-
-# --------------------------------------------------------------------------- display
-
-
-def _get(mapping: object, key: str) -> object:
-    return mapping.get(key) if isinstance(mapping, Mapping) else None
-
-
-def _s(mapping: object, key: str, limit: int = MAX_TEXT) -> str:
-    return clean_text(_get(mapping, key), limit)
-
-
-def _n(mapping: object, key: str) -> int | None:
-    value = _get(mapping, key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _items(mapping: object, key: str) -> list[object]:
-    value = _get(mapping, key)
-    return list(value) if isinstance(value, list | tuple) else []
-
-
-def _syntax_name(uid: object) -> str:
-    """The transfer syntax's name if pydicom knows the UID, else the cleaned UID."""
-    text = clean_text(uid, 64)
-    if re.fullmatch(r"[0-9.]+", text) is None:
-        return text
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return clean_text(UID(text).name, 64)
-
-
-def format_summary(summary: Mapping[str, object]) -> list[str]:
-    """Human-readable lines for a terminal.
-
-    Safe on any input: the mapping may come from an untrusted peer, so every value is
-    type-checked and cleaned again, and missing or mistyped fields are skipped.
-
-    Args:
-        summary: A dict as returned by `summarize`.
-
-    Returns:
-        Lines such as ``"Patient: DOE, JANE (SB-0001), born 1970-01-01, F"``.
-    """
-    lines: list[str] = []
-    for study in _items(summary, "studies"):
-        patient = _s(study, "patient_name") or "(no name)"
-        pid = _s(study, "patient_id")
-        if pid:
-            patient += f" ({pid})"
-        birth = _s(study, "patient_birth_date", 10)
-        if birth:
-            patient += f", born {birth}"
-        sex = _s(study, "patient_sex", 16)
-        if sex:
-            patient += f", {sex}"
-        lines.append(f"Patient: {patient}")
-
-        head = " ".join(
-            x for x in (_s(study, "study_date", 10), _s(study, "study_description")) if x
-        )
-        modalities = ", ".join(clean_text(m, 16) for m in _items(study, "modalities"))
-        facts = [
-            modalities,
-            f"{_n(study, 'series_count') or 0} series",
-            f"{_n(study, 'image_count') or 0} images",
-            human_bytes(_n(study, "bytes") or 0),
-        ]
-        lines.append(f"Study: {head or '(undated)'} — {', '.join(f for f in facts if f)}")
-        accession = _s(study, "accession")
-        if accession:
-            lines.append(f"  Accession: {accession}")
-
-        for series in _items(study, "series"):
-            number = _n(series, "number")
-            label = " ".join(
-                x
-                for x in (
-                    "Series" if number is None else f"Series {number}",
-                    _s(series, "modality", 16),
-                    _s(series, "description"),
-                )
-                if x
-            )
-            images = _n(series, "images") or 0
-            detail = f"{images} image{'s' if images != 1 else ''}"
-            rows, cols = _n(series, "rows"), _n(series, "cols")
-            if rows and cols:
-                detail += f" {cols}x{rows}"
-            detail += f", {human_bytes(_n(series, 'bytes') or 0)}"
-            syntaxes = [_syntax_name(u) for u in _items(series, "transfer_syntaxes")]
-            if syntaxes:
-                detail += f", {' / '.join(s for s in syntaxes if s)}"
-            lines.append(f"  {label}: {detail}")
-
-    others = [clean_text(p) for p in _items(summary, "other")]
-    count = _n(summary, "other_files") or len(others)
-    if count:
-        line = f"Other files: {', '.join(others)}"
-        if count > len(others):
-            line += f" (and {count - len(others)} more)"
-        lines.append(line)
-    total = _n(summary, "bytes")
-    dicom = _n(summary, "dicom_files") or 0
-    if total is not None:
-        lines.append(f"Total: {dicom} DICOM files, {count} other, {human_bytes(total)}")
-    return lines

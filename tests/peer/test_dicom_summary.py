@@ -337,3 +337,16 @@ def test_human_rate_and_duration() -> None:
     assert human_duration(0) == "0:00"
     assert human_duration(-3) == "0:00"
     assert human_duration(math.nan) == "--:--"
+
+
+def test_the_transfer_syntax_names_are_pydicoms() -> None:
+    """The offer names transfer syntaxes without importing pydicom (peer.dicom.text): its
+    table must stay what pydicom's UID dictionary says."""
+    from pydicom._uid_dict import UID_dictionary
+
+    from peer.dicom.text import TRANSFER_SYNTAXES
+
+    expected = {uid: v[0] for uid, v in UID_dictionary.items() if v[1] == "Transfer Syntax"}
+    assert TRANSFER_SYNTAXES == expected
+    summary = {"studies": [{"series": [{"transfer_syntaxes": ["1.2.840.10008.1.2.5", "9.9"]}]}]}
+    assert format_summary(summary)[-1].endswith(", RLE Lossless / 9.9")

@@ -44,14 +44,18 @@ def test_a_receive_without_a_pacs_imports_no_dicom_library_before_pairing() -> N
     assert out == "None [] True True"
 
 
-def test_the_session_re_exports_load_pydicom_when_used() -> None:
+def test_the_offer_is_shown_without_pydicom_and_the_re_exports_load_it_when_used() -> None:
     out = _python(
         "import sys, peer.session as s\n"
+        "summary = {'bytes': 1, 'other_files': 0, 'dicom_files': 0, 'studies': [{'series': "
+        "[{'images': 1, 'bytes': 1, 'transfer_syntaxes': ['1.2.840.10008.1.2.4.90']}]}]}\n"
+        "lines = s.format_summary(summary)\n"
         "before = 'pydicom' in sys.modules\n"
-        "lines = s.format_summary({'bytes': 1, 'other_files': 0, 'dicom_files': 0})\n"
-        "print(before, 'pydicom' in sys.modules, lines, callable(s.summarize))"
+        "print(before, callable(s.summarize), 'pydicom' in sys.modules, lines[-2])"
     )
-    assert out == "False True ['Total: 0 DICOM files, 0 other, 1 B'] True"
+    assert out == (
+        "False True True   Series: 1 image, 1 B, JPEG 2000 Image Compression (Lossless Only)"
+    )
 
 
 def test_warm_imports_in_the_background_and_need_waits_for_it() -> None:
