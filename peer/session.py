@@ -437,9 +437,9 @@ async def send(
     else:
         sources = collect_sources(paths)
         summary, remap = None, None
-    # aiortc (once the receiver joins), pydicom (for the scan) and aiohttp are imported in
-    # the background, so the code is shown without waiting for them
-    warm.start()
+    # pydicom (for the scan, at once), aiortc (once the receiver joins) and aiohttp are
+    # imported in the background, so the code is shown without waiting for them
+    warm.start(("pydicom",))
     # headers and one image per series are read off the event loop (the TUI stays live),
     # while the code is shown and the receiver joins: the offer waits for it (§5.2)
     scan = _Scan(sources, settings, summary, remap)
@@ -565,6 +565,10 @@ class _Scan:
         watched = _Watched(sources, self._stop)
         self._job = asyncio.ensure_future(
             asyncio.to_thread(_build_manifest, watched, settings, summary, remap)
+        )
+        started = time.monotonic()
+        self._job.add_done_callback(
+            lambda job: log.debug("offer scan finished in %.2f s", time.monotonic() - started)
         )
 
     async def result(self) -> Manifest:

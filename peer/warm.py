@@ -23,8 +23,9 @@ from collections.abc import Sequence
 
 __all__ = ["HEAVY", "need", "ready", "start"]
 
-# in the order both peers need them: aiortc once paired, pydicom for the sender's scan and
-# the receiver's completeness check, aiohttp for the relay pipe (never the only path at first)
+# in the order a receiver needs them: aiortc once paired, pydicom for the completeness
+# check (imported while the offer is awaited), aiohttp for the relay pipe (never the only
+# path at first); a sender's scan needs pydicom at once, so a send starts with it
 HEAVY = ("aiortc", "pydicom", "aiohttp")
 
 _done = {name: threading.Event() for name in HEAVY}
