@@ -304,20 +304,22 @@ class Destination:
         resume: list[int] = []
         hashes: list[Any] = []
         checked: set[str] = set()
+        fresh = not os.path.isdir(self.staging)  # nothing staged: no file to look at there
+        root = str(self.root)
         for i, f in enumerate(self.manifest.files):
-            final = self._final(i)
             self._check_parents(f.path, checked)
-            if i in placed and final.is_file() and not final.is_symlink():
-                k, h = self._rehash(final, f.n_chunks(cs), f.size)
+            final = os.path.join(root, *f.path.split("/"))
+            if i in placed and os.path.isfile(final) and not os.path.islink(final):
+                k, h = self._rehash(Path(final), f.n_chunks(cs), f.size)
             else:
                 if os.path.lexists(final):
                     raise DestinationExists(
-                        str(final),
+                        final,
                         user_message=f"{f.path!r} already exists in {str(self.root)!r}; "
                         "nothing was overwritten. Choose another folder with -o.",
                     )
                 placed.discard(i)
-                k, h = self._resume_staged(i)
+                k, h = (0, hashlib.sha256()) if fresh else self._resume_staged(i)
             resume.append(k)
             hashes.append(h)
         self._state["placed"] = sorted(placed)
