@@ -56,7 +56,9 @@ def clean_text(value: object, limit: int = MAX_TEXT) -> str:
     return text
 
 
-TRANSFER_SYNTAXES: dict[str, str] = {  # DICOM PS3.6 Table A-1, as pydicom names them
+# DICOM PS3.6 Table A-1 as pydicom names it, with the newer ones pynetdicom adds to
+# pydicom's dictionary (JPEG XL, Deflated Image Frame Compression)
+TRANSFER_SYNTAXES: dict[str, str] = {
     "1.2.840.10008.1.2": "Implicit VR Little Endian",
     "1.2.840.10008.1.2.1": "Explicit VR Little Endian",
     "1.2.840.10008.1.2.1.98": "Encapsulated Uncompressed Explicit VR Little Endian",
@@ -119,12 +121,16 @@ TRANSFER_SYNTAXES: dict[str, str] = {  # DICOM PS3.6 Table A-1, as pydicom names
     "1.2.840.10008.1.2.4.203": "High-Throughput JPEG 2000 Image Compression",
     "1.2.840.10008.1.2.4.204": "JPIP HTJ2K Referenced",
     "1.2.840.10008.1.2.4.205": "JPIP HTJ2K Referenced Deflate",
+    "1.2.840.10008.1.2.4.110": "JPEG XL Lossless",
+    "1.2.840.10008.1.2.4.111": "JPEG XL JPEG Recompression",
+    "1.2.840.10008.1.2.4.112": "JPEG XL",
     "1.2.840.10008.1.2.5": "RLE Lossless",
     "1.2.840.10008.1.2.6.1": "RFC 2557 MIME encapsulation",
     "1.2.840.10008.1.2.6.2": "XML Encoding",
     "1.2.840.10008.1.2.7.1": "SMPTE ST 2110-20 Uncompressed Progressive Active Video",
     "1.2.840.10008.1.2.7.2": "SMPTE ST 2110-20 Uncompressed Interlaced Active Video",
     "1.2.840.10008.1.2.7.3": "SMPTE ST 2110-30 PCM Digital Audio",
+    "1.2.840.10008.1.2.8.1": "Deflated Image Frame Compression",
     "1.2.840.10008.1.20": "Papyrus 3 Implicit VR Little Endian",
 }
 
