@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from peer import pacs_cli, session, warm
+from peer import pacs_cli, session
 from peer.dicom.deid import cli as deid_cli
 from peer.dicom.text import format_summary
 from peer.errors import BeamError, CancelledByUser, DeclinedError
@@ -564,10 +564,7 @@ def _run_receive(args: argparse.Namespace, settings: Settings, out: _Out) -> int
                 f"(SHA-256) and saved in {ev.dest.resolve() if ev.dest else '.'}"
             )
             if ev.completeness is not None and ev.completeness.get("status") != "not-dicom":
-                warm.need("pydicom")
-                from peer.dicom.complete import format_completeness
-
-                out.line(format_completeness(ev.completeness))
+                out.line(session.format_completeness(ev.completeness))
         else:
             _on_event_common(out, ev)
 
