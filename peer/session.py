@@ -120,7 +120,7 @@ __all__ = [
     "summarize",
 ]
 
-_FROM_DICOM = {  # re-exported names whose modules import pydicom: loaded on first use
+_FROM_DICOM = {  # re-exported names, loaded on first use (pydicom only for a DICOM file)
     "format_completeness": "peer.dicom.complete",
     "summarize": "peer.dicom.summary",
 }
@@ -130,7 +130,6 @@ def __getattr__(name: str) -> Any:
     module = _FROM_DICOM.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warm.need("pydicom")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
@@ -437,9 +436,10 @@ async def send(
     else:
         sources = collect_sources(paths)
         summary, remap = None, None
-    # pydicom (for the scan, at once), aiortc (once the receiver joins) and aiohttp are
-    # imported in the background, so the code is shown without waiting for them
-    warm.start(("pydicom",))
+    # aiortc (once the receiver joins), aiohttp and pydicom are imported in the background,
+    # so the code is shown without waiting for them; only once the scan is done (an import
+    # beside it slows it down several times, peer.warm), unless it needs pydicom first
+    warm.start(("aiortc", "aiohttp", "pydicom"), hold=True)
     # headers and one image per series are read off the event loop (the TUI stays live),
     # while the code is shown and the receiver joins: the offer waits for it (§5.2)
     scan = _Scan(sources, settings, summary, remap)
@@ -567,9 +567,13 @@ class _Scan:
             asyncio.to_thread(_build_manifest, watched, settings, summary, remap)
         )
         started = time.monotonic()
-        self._job.add_done_callback(
-            lambda job: log.debug("offer scan finished in %.2f s", time.monotonic() - started)
-        )
+
+        def scanned(job: object) -> None:
+            log.debug("offer scan finished in %.2f s", time.monotonic() - started)
+            warm.drop("pydicom")  # the scan imported it if it found a DICOM file
+            warm.go()
+
+        self._job.add_done_callback(scanned)
 
     async def result(self) -> Manifest:
         """The manifest (waits for the scan).
@@ -670,8 +674,7 @@ def _build_manifest(
     summary: dict[str, Any] | None = None,
     remap: Callable[[str], str] | None = None,
 ) -> Manifest:
-    warm.need("pydicom")
-    from peer.dicom.summary import scan
+    from peer.dicom.summary import scan  # imports pydicom only for a DICOM file
 
     slices: list[Slice] | None = None  # one header pass for the summary and the previews
     if summary is None:
@@ -701,6 +704,9 @@ def build_previews(
     """
     if settings is not None and not settings.previews:
         return ()
+    if slices is not None and not slices:
+        return ()  # no DICOM file among the sources
+    warm.need("pydicom")
     from peer.dicom.preview import DEFAULT_BUDGET, offer_previews
 
     budget = DEFAULT_BUDGET if settings is None else settings.preview_seconds
@@ -1055,8 +1061,8 @@ async def _await_hand_off(pairing: _Pairing, settings: Settings, on_event: OnEve
 
 
 async def check_completeness(manifest: Manifest, root: Path) -> dict[str, Any] | None:
-    """The completeness check of placed files (in a worker thread); None if it failed."""
-    await warm.ready("pydicom")  # a small study can be done before its background import
+    """The completeness check of placed files (in a worker thread); None if it failed.
+    pydicom is imported (`peer.warm`) only if a placed file has the Part 10 marker."""
     from peer.dicom.complete import check_study
 
     try:
@@ -1116,6 +1122,8 @@ async def _receive_over(
                 if isinstance(ev, rx.Offered):
                     if machine.state is not rx.ReceiverState.OFFERED:
                         continue
+                    if not ev.manifest.summary.get("dicom_files"):
+                        warm.drop("pydicom")  # for the completeness check of DICOM only
                     dest = Destination(root, ev.manifest)
                     ckpts = Checkpoints(dest)
                     try:

@@ -4,12 +4,19 @@ aiortc, aiohttp and pydicom take 0.2-0.3 s each to import, about two thirds of t
 start-up. A sender needs none of them to show its code, and a receiver none to pair.
 `start` imports them one after the other in a single daemon thread; `peer.session` calls
 it as a send or a receive starts, before connecting to the server. Code that uses one of them calls
-`need` (or `await ready`) first, which waits for that import to finish.
+`need` (or `await ready`) first, which moves that import to the front of the queue and
+waits for it to finish.
 
-One thread imports all three, one after the other, so no two threads import overlapping
+One thread imports them all, one after the other, so no two threads import overlapping
 libraries at once (circular imports inside them could then deadlock). Code that needs one
 waits for that thread with `need`, outside any module body, so it holds no import lock
 while it waits.
+
+A start can be *held* (`start(..., hold=True)`): the thread imports nothing until `go` or
+the first `need`. A sender holds it while it scans the study: an import running beside the
+scan makes the scan several times slower (each of the scan's system calls waits for the
+importing thread to hand back the GIL). `drop` takes an import off the queue when it turns
+out not to be needed (a receiver offered no DICOM file skips pydicom).
 """
 
 from __future__ import annotations
@@ -21,32 +28,57 @@ import sys
 import threading
 from collections.abc import Sequence
 
-__all__ = ["HEAVY", "need", "ready", "start"]
+__all__ = ["HEAVY", "drop", "go", "need", "ready", "start"]
 
 # in the order a receiver needs them: aiortc once paired, pydicom for the completeness
 # check (imported while the offer is awaited), aiohttp for the relay pipe (never the only
-# path at first); a sender's scan needs pydicom at once, so a send starts with it
+# path at first)
 HEAVY = ("aiortc", "pydicom", "aiohttp")
 
 _done = {name: threading.Event() for name in HEAVY}
-_lock = threading.Lock()
+_cond = threading.Condition()
+_queue: list[str] = []  # imports still to do, the next one first
+_current: str | None = None  # the import under way
 _started = False
+_held = False
 
 
-def start(order: Sequence[str] = HEAVY) -> None:
+def start(order: Sequence[str] = HEAVY, *, hold: bool = False) -> None:
     """Import the `HEAVY` libraries in a daemon thread, those in ``order`` first
-    (idempotent)."""
-    global _started
-    with _lock:
+    (idempotent); with ``hold``, only once `go` or `need` is called."""
+    global _started, _held
+    with _cond:
         if _started:
             return
         _started = True
-    names = [*order, *(n for n in HEAVY if n not in order)]
-    threading.Thread(target=_run, args=(names,), name="scanbeam-imports", daemon=True).start()
+        _held = hold
+        _queue[:] = [*order, *(n for n in HEAVY if n not in order)]
+    threading.Thread(target=_run, name="scanbeam-imports", daemon=True).start()
 
 
-def _run(names: Sequence[str]) -> None:
-    for name in names:
+def go() -> None:
+    """Release a held start."""
+    global _held
+    with _cond:
+        _held = False
+        _cond.notify_all()
+
+
+def drop(name: str) -> None:
+    """Do not import ``name`` in the background after all, unless it is already under
+    way (a later `need` queues it again)."""
+    with _cond:
+        if name in _queue:
+            _queue.remove(name)
+
+
+def _run() -> None:
+    global _current
+    while True:  # a daemon thread: waits for a `need` of a dropped import until exit
+        with _cond:
+            while _held or not _queue:
+                _cond.wait()
+            name = _current = _queue.pop(0)
         try:
             importlib.import_module(name)
         except BaseException:  # the user's own import of it raises it again
@@ -55,17 +87,33 @@ def _run(names: Sequence[str]) -> None:
             _done[name].set()
 
 
+def _want(name: str) -> bool:
+    """Put ``name`` first in the queue (again, if it was dropped) and release the thread;
+    False when no background import was started."""
+    global _held
+    with _cond:
+        if not _started:
+            return False
+        _held = False
+        if not _done[name].is_set() and name != _current:
+            if name in _queue:
+                _queue.remove(name)
+            _queue.insert(0, name)
+        _cond.notify_all()
+        return True
+
+
 def need(name: str) -> None:
     """Wait until the background import of ``name`` (one of `HEAVY`) has finished; returns
     at once when none was started. The caller then imports it as usual."""
-    if _started:
+    if _want(name):
         _done[name].wait()
 
 
 async def ready(name: str) -> None:
     """`need` without blocking the event loop; with no background import started, imports
     ``name`` in a worker thread."""
-    if _started:
+    if _want(name):
         if not _done[name].is_set():
             await asyncio.to_thread(_done[name].wait)
     elif name not in sys.modules:

@@ -21,14 +21,14 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_partial
-from pydicom.tag import BaseTag, Tag
-
+from peer import warm
 from peer.dicom.summary import clean_text
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+    from pydicom.tag import BaseTag
 
 __all__ = ["Completeness", "check_study", "format_completeness"]
 
@@ -50,7 +50,7 @@ _KEYWORDS = (
     "Columns",
     "BitsAllocated",
 )
-_TAGS: dict[str, BaseTag] = {kw: Tag(kw) for kw in _KEYWORDS}
+_TAGS: dict[str, BaseTag] = {}  # filled when the first DICOM file is read (`_pydicom`)
 _FIRST_PIXEL_TAG = 0x7FE00008  # Float Pixel Data, Double Float Pixel Data, Pixel Data
 _PIXEL_DATA = 0x7FE00010
 _DEFER_SIZE = 1024
@@ -128,7 +128,21 @@ class _File:
     pixel: str  # "", "short" or "long"
 
 
+def _pydicom() -> Any:
+    """pydicom's `read_partial`, imported only once a received file has the Part 10 marker
+    (a transfer without DICOM files never imports pydicom, `peer.warm`)."""
+    warm.need("pydicom")
+    from pydicom.filereader import read_partial
+    from pydicom.tag import Tag
+
+    if not _TAGS:
+        _TAGS.update({kw: Tag(kw) for kw in _KEYWORDS})
+    return read_partial
+
+
 def _value(ds: Dataset, keyword: str) -> object:
+    from pydicom.dataelem import RawDataElement
+
     try:
         elem = ds.get_item(_TAGS[keyword], keep_deferred=True)
         if elem is None or (isinstance(elem, RawDataElement) and elem.value is None):
@@ -211,6 +225,7 @@ def _read(path: Path) -> _File | Literal["unreadable"] | None:
             if fp.read(4) != b"DICM":
                 return None
             fp.seek(0)
+            read_partial = _pydicom()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ds = read_partial(

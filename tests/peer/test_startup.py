@@ -50,12 +50,54 @@ def test_the_offer_is_shown_without_pydicom_and_the_re_exports_load_it_when_used
         "summary = {'bytes': 1, 'other_files': 0, 'dicom_files': 0, 'studies': [{'series': "
         "[{'images': 1, 'bytes': 1, 'transfer_syntaxes': ['1.2.840.10008.1.2.4.90']}]}]}\n"
         "lines = s.format_summary(summary)\n"
-        "before = 'pydicom' in sys.modules\n"
-        "print(before, callable(s.summarize), 'pydicom' in sys.modules, lines[-2])"
+        "print('pydicom' in sys.modules, callable(s.summarize), "
+        "callable(s.format_completeness), lines[-2])"
     )
     assert out == (
         "False True True   Series: 1 image, 1 B, JPEG 2000 Image Compression (Lossless Only)"
     )
+
+
+def test_pydicom_is_imported_only_for_a_file_with_the_dicom_marker(tmp_path: Path) -> None:
+    from peer.dicom.synth import write_study
+
+    write_study(tmp_path / "ct", target_bytes=200_000, series=1, report=True)
+    other = tmp_path / "ct" / "report.pdf"
+    dcm = next((tmp_path / "ct").rglob("*.dcm"))
+    fake = tmp_path / "fake.dcm"  # DICM too early: no 128-byte preamble
+    fake.write_bytes(b"DICM" + bytes(300))
+    out = _python(
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from peer import warm\n"
+        "from peer.dicom.summary import summarize\n"
+        "from peer.dicom.complete import check_study\n"
+        "warm.start(('aiohttp',), hold=True)\n"
+        f"files = [('a.pdf', Path({str(other)!r})), ('b.dcm', Path({str(fake)!r}))]\n"
+        "s = summarize(files)\n"
+        f"c = check_study(s, Path({str(tmp_path)!r}), ['fake.dcm'])\n"
+        "before = 'pydicom' in sys.modules\n"
+        f"d = summarize([('c.dcm', Path({str(dcm)!r}))])\n"
+        "print(s['other_files'], c.status, before, d['dicom_files'], 'pydicom' in sys.modules)"
+    )
+    # the DICOM file's need() released the held start and put pydicom first
+    assert out == "2 not-dicom False 1 True"
+
+
+def test_a_dropped_import_is_skipped_and_a_later_need_imports_it() -> None:
+    out = _python(
+        "import sys, time\n"
+        "from peer import warm\n"
+        "warm.start(('aiohttp', 'pydicom'), hold=True)\n"
+        "warm.drop('pydicom')\n"
+        "warm.go()\n"
+        "warm.need('aiohttp')\n"
+        "warm.need('aiortc')\n"
+        "skipped = 'pydicom' not in sys.modules\n"
+        "warm.need('pydicom')\n"
+        "print(skipped, 'pydicom' in sys.modules, 'aiortc' in sys.modules)"
+    )
+    assert out == "True True True"
 
 
 def test_warm_imports_in_the_background_and_need_waits_for_it() -> None:
