@@ -297,7 +297,7 @@ class Destination:
         Raises:
             DestinationExists, DiskFull, LocalFileError.
         """
-        self._check_root()
+        created = self._check_root()  # a folder made just now holds nothing to check
         self._load_state()
         placed = set(self._state["placed"])
         cs = self.manifest.chunk_size
@@ -307,6 +307,10 @@ class Destination:
         fresh = not os.path.isdir(self.staging)  # nothing staged: no file to look at there
         root = str(self.root)
         for i, f in enumerate(self.manifest.files):
+            if created:
+                resume.append(0)
+                hashes.append(hashlib.sha256())
+                continue
             self._check_parents(f.path, checked)
             final = os.path.join(root, *f.path.split("/"))
             if i in placed and os.path.isfile(final) and not os.path.islink(final):
@@ -334,9 +338,15 @@ class Destination:
             )
         return resume, hashes, held
 
-    def _check_root(self) -> None:
+    def _check_root(self) -> bool:
+        """Make the folder if needed (True when this call made it) and check it."""
+        created = False
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            try:
+                self.root.mkdir(parents=True)
+                created = True
+            except FileExistsError:
+                pass
             st = os.lstat(self.root)
         except OSError as exc:
             raise _disk_error(exc, str(self.root)) from None
@@ -349,6 +359,7 @@ class Destination:
             raise LocalFileError(
                 "staging is not a folder", user_message=f"{str(top)!r} is not a plain folder."
             )
+        return created
 
     def _check_parents(self, rel: str, checked: set[str]) -> None:
         """Every existing folder on the way to ``rel`` must be a plain folder (no link)."""
