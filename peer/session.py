@@ -304,6 +304,10 @@ def _signal_error(exc: SignalingError, server: str) -> BeamError:
     )
 
 
+ENVELOPES = frozenset({"offer", "answer", "lanes", "relay", "error"})  # the types we act on
+MAX_QUEUED = 64  # envelopes waiting for the code that reads them (a few in practice)
+
+
 class _Pairing:
     """Drives a Handshake over a SignalingClient and queues envelopes for the caller."""
 
@@ -333,22 +337,27 @@ class _Pairing:
             if isinstance(ev, Paired):
                 self.paired = ev
             elif isinstance(ev, EnvelopeReceived):
-                self.envelopes.append(ev.message)
+                if ev.message.get("type") in ENVELOPES:
+                    if len(self.envelopes) >= MAX_QUEUED:
+                        raise RemoteProtocolError("too many envelopes")
+                    self.envelopes.append(ev.message)
+                # other types are ignored (forward compatibility)
             elif isinstance(ev, HandshakeFailed):
                 mood = "wrong-code" if isinstance(ev.error, WrongCodeError) else "error"
                 with contextlib.suppress(SignalingError):
                     await self.client.close(mood)
                 raise ev.error
 
-    async def envelope(self, kind: str) -> dict[str, Any]:
+    async def envelope(self, *kinds: str) -> dict[str, Any]:
+        """The first envelope of one of ``kinds``; envelopes of the other known types stay
+        queued in order (v2 peers send `lanes` and `offer`/`answer` in either order)."""
         while True:
-            if self.envelopes:
-                msg = self.envelopes.pop(0)
-                if msg.get("type") == kind:
-                    return msg
-                if msg.get("type") == "error":
+            for i, msg in enumerate(self.envelopes):
+                kind = msg.get("type")
+                if kind == "error":
                     raise PeerGone("peer error", user_message="The other side stopped.")
-                continue  # unknown envelope types are ignored (forward compatibility)
+                if kind in kinds:
+                    return self.envelopes.pop(i)
             await self._step()
 
     def send(self, message: dict[str, Any]) -> None:
@@ -1327,6 +1336,36 @@ class _Round:
         self.tasks: list[asyncio.Task[None]] = []
         self.ready = asyncio.Event()
         self.direct = asyncio.Event()  # a lane that does not go through the server
+        self.signaled = asyncio.Event()  # the offer/answer exchange is complete
+        self.exchange: asyncio.Task[None] | None = None
+
+    def has_tcp(self) -> bool:
+        return any(x.name == "tcp" and not x.dead for x in self.mux.lanes)
+
+    def raise_failed(self) -> None:
+        """Raise the error of the offer/answer exchange when it failed (the peer left or
+        sent a malformed answer, the server dropped us); a data channel that cannot open
+        is not an error."""
+        task = self.exchange
+        if task is not None and task.done() and not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                raise exc
+
+    def close_signaling(self, client: SignalingClient, within: float) -> None:
+        """Leave the signaling server (mood ``happy``) once the offer/answer exchange is
+        complete, or after ``within`` seconds, or when the round closes."""
+
+        async def leave() -> None:
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(within):
+                        await self.signaled.wait()
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.close("happy")
+
+        self.tasks.append(asyncio.ensure_future(leave()))
 
     def add(self, lane: Any) -> None:
         self.mux.add(lane)
@@ -1356,8 +1395,12 @@ async def _establish(
     role: Role,
     on_event: OnEvent,
 ) -> _Round:
-    """Exchange offer/answer and lane addresses in sealed envelopes, then open every path
-    at once; returns when the first one carries records.
+    """Exchange offer/answer and lane addresses in sealed envelopes and open every path at
+    once; returns when the first one carries records (§10.1).
+
+    A TCP lane needs neither SDP nor aiortc: each side sends its `lanes` envelope first and
+    connects to the peer's addresses as soon as it has them; the offer/answer exchange and
+    the data channel go on in the background, so the transfer can start before either.
 
     Raises:
         NoPathError: no path opened within the connect timeout.
@@ -1371,39 +1414,18 @@ async def _establish(
         mux = ReceiverLanes()
     rnd = _Round(mux)
     try:
-        link = rnd.link = RtcLink(
-            await _servers(settings, pairing.client.ice_servers),
-            high_water=settings.buffered_high,
-            relay_only=settings.turn_only,
-        )
         if settings.tcp_lane and not settings.turn_only:  # --turn-only hides our addresses
             rnd.tcp = TcpLanes(lane_key(master), rnd.add)
         lanes_msg: dict[str, Any] = {"type": "lanes", "pipe": settings.pipe}
-        if role is Role.SENDER:
-            offer_sdp = await link.create_offer()
-            lanes_msg["tcp"] = await rnd.tcp.listen() if rnd.tcp is not None else []
-            pairing.send({"type": "offer", "sdp": offer_sdp, "version": paired.version})
-            pairing.send(lanes_msg)
-            await pairing.flush()
-            answer = await pairing.envelope("answer")
-            sdp = answer.get("sdp")
-            if not isinstance(sdp, str):
-                raise RemoteProtocolError("answer without SDP")
-            peer = await pairing.envelope("lanes")
-            await link.accept_answer(sdp)
-        else:
-            offer = await pairing.envelope("offer")
-            sdp = offer.get("sdp")
-            if not isinstance(sdp, str):
-                raise RemoteProtocolError("offer without SDP")
-            peer = await pairing.envelope("lanes")
-            answer_sdp = await link.create_answer(sdp)
-            lanes_msg["tcp"] = await rnd.tcp.listen() if rnd.tcp is not None else []
-            pairing.send({"type": "answer", "sdp": answer_sdp})
-            pairing.send(lanes_msg)
-            await pairing.flush()
 
-        async def open_dc() -> None:
+        async def new_link() -> RtcLink:
+            servers = await _servers(settings, pairing.client.ice_servers)
+            link = rnd.link = RtcLink(
+                servers, high_water=settings.buffered_high, relay_only=settings.turn_only
+            )
+            return link
+
+        async def open_dc(link: RtcLink) -> None:
             try:
                 await link.wait_open(settings.connect_timeout)
             except NoPathError:
@@ -1415,11 +1437,59 @@ async def _establish(
             if lane is not None:
                 rnd.add(lane)
 
-        rnd.tasks.append(asyncio.ensure_future(open_dc()))
-        if rnd.tcp is not None:
-            rnd.tcp.connect_all(peer.get("tcp"))
-        if settings.pipe and peer.get("pipe") is True:
-            rnd.tasks.append(asyncio.ensure_future(open_pipe()))
+        def other_paths(peer: dict[str, Any]) -> None:
+            if rnd.tcp is not None and not rnd.has_tcp():
+                rnd.tcp.connect_all(peer.get("tcp"))
+            if settings.pipe and peer.get("pipe") is True:
+                rnd.tasks.append(asyncio.ensure_future(open_pipe()))
+
+        lanes_msg["tcp"] = await rnd.tcp.listen() if rnd.tcp is not None else []
+        if role is Role.SENDER:
+            pairing.send(lanes_msg)  # before the offer: a TCP lane needs no aiortc
+            await pairing.flush()
+
+            async def exchange() -> None:
+                link = await new_link()
+                offer_sdp = await link.create_offer()
+                pairing.send({"type": "offer", "sdp": offer_sdp, "version": paired.version})
+                await pairing.flush()
+                answer_sdp: str | None = None
+                peer: dict[str, Any] | None = None
+                while answer_sdp is None or peer is None:  # a browser sends lanes last
+                    msg = await pairing.envelope("answer", "lanes")
+                    if msg["type"] == "lanes":
+                        peer = msg
+                        other_paths(peer)
+                        continue
+                    sdp = msg.get("sdp")
+                    if not isinstance(sdp, str):
+                        raise RemoteProtocolError("answer without SDP")
+                    answer_sdp = sdp
+                rnd.signaled.set()
+                await link.accept_answer(answer_sdp)
+                await open_dc(link)
+
+        else:
+            msg = await pairing.envelope("lanes", "offer")
+            offer_sdp: str | None = None
+            if msg["type"] == "offer":  # a sender that sends its lanes after the offer
+                offer_sdp = _offer_sdp(msg)
+                msg = await pairing.envelope("lanes")
+            pairing.send(lanes_msg)
+            await pairing.flush()
+            other_paths(msg)  # before aiortc is even imported
+
+            async def exchange() -> None:
+                sdp = offer_sdp or _offer_sdp(await pairing.envelope("offer"))
+                link = await new_link()
+                answer_sdp = await link.create_answer(sdp)
+                pairing.send({"type": "answer", "sdp": answer_sdp})
+                await pairing.flush()
+                rnd.signaled.set()
+                await open_dc(link)
+
+        rnd.exchange = asyncio.ensure_future(exchange())
+        rnd.tasks.append(rnd.exchange)
         waiter = asyncio.ensure_future(rnd.ready.wait())
         try:
             await asyncio.wait(
@@ -1430,6 +1500,7 @@ async def _establish(
             # the data channel and the pipe may fail fast; TCP lanes may still come
             deadline = time.monotonic() + settings.connect_timeout
             while not rnd.ready.is_set() and time.monotonic() < deadline:
+                rnd.raise_failed()  # the exchange itself failed (peer gone, bad answer)
                 pending = [t for t in rnd.tasks if not t.done()]
                 await asyncio.wait(
                     [waiter, *pending],
@@ -1444,6 +1515,7 @@ async def _establish(
         finally:
             waiter.cancel()
         if not rnd.ready.is_set():
+            rnd.raise_failed()
             raise NoPathError(
                 "no path",
                 user_message="No connection could be made between the two computers "
@@ -1461,6 +1533,13 @@ async def _establish(
     except BaseException:
         await rnd.close()
         raise
+
+
+def _offer_sdp(offer: dict[str, Any]) -> str:
+    sdp = offer.get("sdp")
+    if not isinstance(sdp, str):
+        raise RemoteProtocolError("offer without SDP")
+    return sdp
 
 
 PIPE_GRACE = 2.0  # seconds a transfer waits for a direct path when the relay pipe came first
@@ -1554,8 +1633,7 @@ async def _rounds(
             except SignalingError as exc:
                 raise _signal_error(exc, server) from None
             established = True
-            with contextlib.suppress(SignalingError):
-                await client.close("happy")
+            rnd.close_signaling(client, settings.connect_timeout)
             try:
                 done = await run(rnd, paired, round_no, stats)
             finally:
