@@ -1337,6 +1337,7 @@ class _Round:
         self.ready = asyncio.Event()
         self.direct = asyncio.Event()  # a lane that does not go through the server
         self.signaled = asyncio.Event()  # the offer/answer exchange is complete
+        self.tcp_up = asyncio.Event()  # a TCP lane was added
         self.exchange: asyncio.Task[None] | None = None
 
     def has_tcp(self) -> bool:
@@ -1369,6 +1370,8 @@ class _Round:
 
     def add(self, lane: Any) -> None:
         self.mux.add(lane)
+        if lane.name == "tcp":
+            self.tcp_up.set()
         if self.mux.lanes:
             self.ready.set()
         if any(x.name != "pipe" for x in self.mux.lanes):
@@ -1405,6 +1408,7 @@ async def _establish(
     Raises:
         NoPathError: no path opened within the connect timeout.
     """
+    started = time.monotonic()
     master = paired.keys.master
     if role is Role.SENDER:
         mux: SenderLanes | ReceiverLanes = SenderLanes(
@@ -1433,6 +1437,14 @@ async def _establish(
             rnd.add(DcLane(link))
 
         async def open_pipe() -> None:
+            # the pipe is for when no TCP lane comes (§10.1): both run over TCP, the pipe
+            # with a detour through the server, so it cannot be expected to beat one
+            if rnd.tcp is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, started + PIPE_WAIT - time.monotonic())):
+                        await rnd.tcp_up.wait()
+                if rnd.has_tcp():
+                    return
             lane = await connect_pipe(server, pipe_id(master), settings.connect_timeout)
             if lane is not None:
                 rnd.add(lane)
@@ -1449,6 +1461,9 @@ async def _establish(
             await pairing.flush()
 
             async def exchange() -> None:
+                # the offer is useless before the manifest: do not import aiortc beside
+                # the scan (which that slows down) unless the scan takes long
+                await warm.ready("aiortc", patience=SCAN_GRACE)
                 link = await new_link()
                 offer_sdp = await link.create_offer()
                 pairing.send({"type": "offer", "sdp": offer_sdp, "version": paired.version})
@@ -1523,7 +1538,7 @@ async def _establish(
             )
         if not rnd.direct.is_set():  # prefer a direct path to the server's bandwidth
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(PIPE_GRACE):
+                async with asyncio.timeout(max(0.0, started + PIPE_GRACE - time.monotonic())):
                     await rnd.direct.wait()
         direct = next((x for x in mux.lanes if x.name != "pipe" and not x.dead), None)
         if isinstance(mux, SenderLanes) and direct is not None:
@@ -1542,7 +1557,10 @@ def _offer_sdp(offer: dict[str, Any]) -> str:
     return sdp
 
 
-PIPE_GRACE = 2.0  # seconds a transfer waits for a direct path when the relay pipe came first
+SCAN_GRACE = 2.0  # seconds a sender's data channel offer waits for its scan (peer.warm)
+PIPE_WAIT = 1.0  # seconds from the lanes exchange a TCP lane has to come before the pipe opens
+PIPE_GRACE = 2.0  # seconds from the lanes exchange a transfer waits for a direct path
+# when the relay pipe came first
 
 
 def _retryable(exc: BaseException) -> bool:

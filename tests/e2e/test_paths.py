@@ -25,6 +25,7 @@ from ..conftest import (
     cli_env,
     receive,
     sha_tree,
+    spawn,
     start_send,
     start_server,
     stop_server,
@@ -68,6 +69,23 @@ def test_moves_to_the_fastest_path_and_reports_every_path(server: Server, tmp_pa
         assert {m["old"] for m in moves} | {m["new"] for m in moves} <= set(shares)
     assert {e["via"] for e in sender.events if e["event"] == "progress"} <= {"tcp", "direct"}
     assert "tcp" in {e["via"] for e in rcv.events if e["event"] == "progress"}
+
+
+def test_no_relay_pipe_is_opened_beside_a_tcp_lane(server: Server, tmp_path: Path) -> None:
+    """The pipe is for when no TCP lane comes (docs/protocol.md §10.1): beside one it could
+    only cost time and the server's bandwidth."""
+    src = _src(tmp_path, 40 << 20)
+    sender = spawn(["-v", "send", str(src), "--server", server.url, "--json"])
+    code = sender.next_event("code")["code"]
+    out = tmp_path / "out"
+    rcv = spawn(["-v", "receive", code, "--server", server.url, "-o", str(out), "--json", "--yes"])
+    assert rcv.finish() == 0, rcv.stderr
+    assert sender.finish() == 0, sender.stderr
+    assert sha_tree(out / "src") == sha_tree(src)
+    for peer in (sender, rcv):
+        assert _names(peer.event("done")) == ["tcp"]
+        assert "lane ready: tcp" in peer.stderr
+        assert "lane ready: pipe" not in peer.stderr
 
 
 def test_the_relay_pipe_carries_when_no_direct_path_opens(server: Server, tmp_path: Path) -> None:

@@ -80,8 +80,23 @@ def test_pydicom_is_imported_only_for_a_file_with_the_dicom_marker(tmp_path: Pat
         f"d = summarize([('c.dcm', Path({str(dcm)!r}))])\n"
         "print(s['other_files'], c.status, before, d['dicom_files'], 'pydicom' in sys.modules)"
     )
-    # the DICOM file's need() released the held start and put pydicom first
+    # the DICOM file's need() imported pydicom although the start is held
     assert out == "2 not-dicom False 1 True"
+
+
+def test_a_held_start_imports_only_what_is_needed_until_go() -> None:
+    out = _python(
+        "import sys\n"
+        "from peer import warm\n"
+        "warm.start(('aiortc', 'pydicom', 'aiohttp'), hold=True)\n"
+        "warm.need('aiohttp')\n"
+        "held = [m for m in ('aiortc', 'pydicom') if m in sys.modules]\n"
+        "warm.go()\n"
+        "warm.need('aiortc')\n"
+        "warm.need('pydicom')\n"
+        "print(held, 'aiohttp' in sys.modules, 'aiortc' in sys.modules, 'pydicom' in sys.modules)"
+    )
+    assert out == "[] True True True"
 
 
 def test_a_dropped_import_is_skipped_and_a_later_need_imports_it() -> None:
