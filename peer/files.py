@@ -306,11 +306,7 @@ class Destination:
         checked: set[str] = set()
         fresh = not os.path.isdir(self.staging)  # nothing staged: no file to look at there
         root = str(self.root)
-        for i, f in enumerate(self.manifest.files):
-            if created:
-                resume.append(0)
-                hashes.append(hashlib.sha256())
-                continue
+        for i, f in enumerate([] if created else self.manifest.files):
             self._check_parents(f.path, checked)
             final = os.path.join(root, *f.path.split("/"))
             if i in placed and os.path.isfile(final) and not os.path.islink(final):
@@ -326,6 +322,9 @@ class Destination:
                 k, h = (0, hashlib.sha256()) if fresh else self._resume_staged(i)
             resume.append(k)
             hashes.append(h)
+        if created:
+            resume = [0] * len(self.manifest.files)
+            hashes = [hashlib.sha256() for _ in self.manifest.files]
         self._state["placed"] = sorted(placed)
         held = sum(min(f.size, k * cs) for k, f in zip(resume, self.manifest.files, strict=True))
         need = self.manifest.total_bytes - held + FREE_MARGIN

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from peer import warm
-from peer.dicom.summary import clean_text
+from peer.dicom.summary import clean_text, is_part10
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -221,8 +221,7 @@ def _read(path: Path) -> _File | Literal["unreadable"] | None:
         return None
     try:
         with path.open("rb") as fp:
-            fp.seek(128)
-            if fp.read(4) != b"DICM":
+            if not is_part10(fp.read(132)):
                 return None
             fp.seek(0)
             read_partial = _pydicom()

@@ -42,7 +42,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from peer.dicom.summary import clean_text
+from peer.dicom.summary import clean_text, is_part10
 from peer.errors import BeamError, ConnectionFailed, PacsError, TransferTimeout
 from peer.settings import DEFAULT_AET
 
@@ -166,8 +166,7 @@ def collect(paths: Sequence[Path]) -> list[tuple[str, Path]]:
 def _is_part10(path: Path) -> bool:
     try:
         with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
+            return is_part10(fh.read(132))
     except OSError:
         return False
 

@@ -39,6 +39,7 @@ __all__ = [
     "clean_text",
     "finite_floats",
     "format_summary",
+    "is_part10",
     "scan",
     "summarize",
 ]
@@ -90,7 +91,7 @@ def finite_floats(values: object, n: int) -> tuple[float, ...] | None:
     return items
 
 
-def _part10(head: bytes) -> bool:
+def is_part10(head: bytes) -> bool:
     """Whether a file starts like DICOM Part 10: a 128-byte preamble, then "DICM". Any
     other file is an "other" file without asking pydicom (which requires the same)."""
     return head[128:132] == b"DICM"
@@ -106,7 +107,7 @@ def _parse_header(fp: BinaryIO, size: int) -> Header | None:
 def _read_header(path: Path, size: int) -> Header | None:
     try:
         with path.open("rb") as fp:
-            if not _part10(fp.read(132)):
+            if not is_part10(fp.read(132)):
                 return None
             fp.seek(0)
             return _parse_header(fp, size)
@@ -161,7 +162,7 @@ def scan(
     for rel, path in files:
         if isinstance(path, tuple):  # a transformed file: its new header, its new size
             size, head = path
-            header = _parse_header(io.BytesIO(head), size) if _part10(head) else None
+            header = _parse_header(io.BytesIO(head), size) if is_part10(head) else None
         else:
             size, regular = _file_size(path)
             header = _read_header(path, size) if regular else None
